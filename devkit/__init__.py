@@ -1,0 +1,10 @@
+"""Development tooling of the collection: the `./dev` launcher and the process helpers
+that the launcher and the test suite share. Patterns never import it."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DevError(Exception):
+    """An error with a one-line message for the user; `./dev` exits non-zero with it."""

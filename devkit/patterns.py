@@ -1,0 +1,38 @@
+"""The patterns of the collection: the top-level folders that `python -m <name>` serves."""
+
+import ast
+import re
+
+from devkit import ROOT, DevError
+
+
+def known() -> list[str]:
+    return sorted(
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir() and (p / "app.py").is_file() and (p / "__main__.py").is_file()
+    )
+
+
+def check(name: str) -> str:
+    patterns = known()
+    if name not in patterns:
+        raise DevError(f"unknown pattern {name!r}; known patterns: {', '.join(patterns)}")
+    return name
+
+
+def summary(name: str) -> str:
+    """First line of the pattern package's docstring."""
+    tree = ast.parse((ROOT / name / "__init__.py").read_text(encoding="utf-8"))
+    docstring = ast.get_docstring(tree) or ""
+    return docstring.splitlines()[0] if docstring else ""
+
+
+def try_it(name: str) -> str:
+    """The code blocks of the `## Try it` section of the pattern's README."""
+    readme = (ROOT / name / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Try it\s*$(.*?)(?=^## |\Z)", readme, re.S | re.M)
+    if section is None:
+        return f"(see {name}/README.md)"
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", section.group(1), re.S | re.M)
+    return "\n".join(block.rstrip() for block in blocks)

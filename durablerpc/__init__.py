@@ -1,0 +1,1 @@
+"""Durable RPC, idempotency and concurrency: a product can be reserved only once."""

@@ -1,0 +1,116 @@
+"""Helpers every pattern test uses: real processes, bounded waits, HTTP with timeouts."""
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from devkit import ROOT
+from devkit.processes import PatternService, RestateServer
+
+T = TypeVar("T")
+
+HTTP_TIMEOUT = 30.0
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 30.0, message: str = "") -> T:
+    """Call `check` until it returns a truthy value without raising AssertionError.
+
+    Returns that value; fails the test with `message` (and the last assertion, if any)
+    after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: AssertionError | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError as error:
+            last_error = error
+        if time.monotonic() > deadline:
+            detail = f": {last_error}" if last_error else ""
+            raise AssertionError(f"not true after {timeout:g} s: {message}{detail}")
+        time.sleep(0.05)
+
+
+class Ingress:
+    """The server's HTTP ingress, with a timeout on every call."""
+
+    def __init__(self, server: RestateServer) -> None:
+        self.server = server
+
+    @property
+    def url(self) -> str:
+        return self.server.ingress_url
+
+    def post(
+        self,
+        path: str,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | str | None = None,
+        timeout: float = HTTP_TIMEOUT,
+    ) -> httpx.Response:
+        return httpx.post(
+            self.url + path, json=json, content=content, headers=headers, timeout=timeout
+        )
+
+    def get(self, path: str, timeout: float = HTTP_TIMEOUT) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=timeout)
+
+    def send(self, path: str, json: Any = None, headers: dict[str, str] | None = None) -> str:
+        """Fire-and-forget `<path>/send`; the invocation id Restate accepted."""
+        response = self.post(f"{path}/send", json=json, headers=headers)
+        assert response.status_code == 202, f"{response.status_code} {response.text}"
+        invocation_id: str = response.json()["invocationId"]
+        return invocation_id
+
+
+class Admin:
+    """The server's admin API."""
+
+    def __init__(self, server: RestateServer) -> None:
+        self.server = server
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        response = httpx.post(
+            f"{self.server.admin_url}/query",
+            json={"query": sql},
+            headers={"accept": "application/json"},
+            timeout=HTTP_TIMEOUT,
+        )
+        assert response.status_code == 200, f"{response.status_code} {response.text}"
+        rows: list[dict[str, Any]] = response.json()["rows"]
+        return rows
+
+    def state(self, service: str, key: str) -> dict[str, str]:
+        """The K/V state of one object: state key -> value as text (JSON for most values)."""
+        rows = self.query(
+            f"SELECT key, value_utf8 FROM state WHERE service_name = '{service}' "
+            f"AND service_key = '{key}'"
+        )
+        return {row["key"]: row["value_utf8"] for row in rows}
+
+
+def count_lines(service: PatternService, text: str) -> int:
+    """How many lines of the service's log contain `text` (across restarts)."""
+    return sum(text in line for line in service.log_lines())
+
+
+def run_module(
+    module: str, *args: str, env: dict[str, str], timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m module args...` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
