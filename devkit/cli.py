@@ -55,7 +55,10 @@ def cmd_run(pattern: str) -> int:
     width = max(len(pattern), len("restate-server"))
     server: RestateServer | None = None
     service: PatternService | None = None
+    # Stop cleanly on SIGTERM and on SIGINT, even where SIGINT was ignored at start-up
+    # (a background job of a non-interactive shell).
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if http_ok(f"{admin_url}/health"):
             say(f"[dev] using the Restate server that answers at {admin_url}")

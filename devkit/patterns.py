@@ -29,10 +29,10 @@ def summary(name: str) -> str:
 
 
 def try_it(name: str) -> str:
-    """The code blocks of the `## Try it` section of the pattern's README."""
+    """The shell code blocks of the `## Try it` section of the pattern's README."""
     readme = (ROOT / name / "README.md").read_text(encoding="utf-8")
     section = re.search(r"^## Try it\s*$(.*?)(?=^## |\Z)", readme, re.S | re.M)
     if section is None:
         return f"(see {name}/README.md)"
-    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", section.group(1), re.S | re.M)
+    blocks = re.findall(r"^```shell\n(.*?)^```", section.group(1), re.S | re.M)
     return "\n".join(block.rstrip() for block in blocks)
