@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devkit import binaries
+from devkit import binaries, kafka
+from devkit.kafka import TansuBroker
 from devkit.processes import (
     ManagedProcess,
     PatternService,
@@ -49,7 +50,7 @@ def _kill_leftovers() -> None:  # e.g. after Ctrl-C in the middle of a fixture
 _PROCESSES = pytest.StashKey[list[ManagedProcess]]()
 
 
-def _attach(request: pytest.FixtureRequest, process: ManagedProcess) -> None:
+def attach_log(request: pytest.FixtureRequest, process: ManagedProcess) -> None:
     """Show this process's log if the test fails."""
     request.node.stash.setdefault(_PROCESSES, []).append(process)
 
@@ -67,31 +68,74 @@ def pytest_runtest_makereport(
     return report
 
 
-@pytest.fixture(scope="session")
-def session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateServer]:
-    base_dir = tmp_path_factory.mktemp("restate")
+def _start_server(base_dir: Path, config_file: Path | None = None) -> RestateServer:
     server = RestateServer(
         binaries.find(binaries.SERVER),
         base_dir,
         ServerPorts.free(),
         base_dir / "server.log",
         settings=SERVER_SETTINGS,
+        config_file=config_file,
     )
     _live.append(server)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateServer]:
+    server = _start_server(tmp_path_factory.mktemp("restate"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """A Kafka-protocol broker (Tansu, in memory), started only if a test needs it."""
+    broker = TansuBroker(free_port(), tmp_path_factory.mktemp("tansu") / "tansu.log")
+    _live.append(broker)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_server(
+    tmp_path_factory: pytest.TempPathFactory, kafka_broker: TansuBroker
+) -> Iterator[RestateServer]:
+    """A second server, configured with the Kafka cluster `my-cluster` at `kafka_broker`."""
+    base_dir = tmp_path_factory.mktemp("restate-kafka")
+    config_file = base_dir / "restate.toml"
+    config_file.write_text(kafka.server_config(kafka_broker.bootstrap), encoding="utf-8")
+    server = _start_server(base_dir, config_file)
+    yield server
+    server.stop()
+
+
+def use_server(server: RestateServer, request: pytest.FixtureRequest) -> Iterator[RestateServer]:
+    """Lend a session's server to a test, which may kill and restart it (same ports and
+    state); restart it if the test left it down."""
+    attach_log(request, server)
+    yield server
+    if not server.running():
+        server.start()
+
+
+@pytest.fixture
+def server_with_kafka(
+    kafka_server: RestateServer, kafka_broker: TansuBroker, request: pytest.FixtureRequest
+) -> Iterator[RestateServer]:
+    """For Kafka tests: their folder's conftest makes this the `server` of its tests."""
+    attach_log(request, kafka_broker)
+    yield from use_server(kafka_server, request)
 
 
 @pytest.fixture
 def server(
     session_server: RestateServer, request: pytest.FixtureRequest
 ) -> Iterator[RestateServer]:
-    """The session's server; a test may kill and restart it (same ports, same state)."""
-    _attach(request, session_server)
-    yield session_server
-    if not session_server.running():  # a test that crashed it left it down
-        session_server.start()
+    """The server the test's services register with (Kafka tests override this)."""
+    yield from use_server(session_server, request)
 
 
 @pytest.fixture
@@ -120,7 +164,7 @@ def start_service(
         )
         started.append(service)
         _live.append(service)
-        _attach(request, service)
+        attach_log(request, service)
         service.start()
         register(server.admin_url, service.url)
         return service

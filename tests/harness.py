@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from devkit import ROOT
+from devkit import ROOT, kafka
+from devkit.kafka import TansuBroker
 from devkit.processes import PatternService, RestateServer
 
 T = TypeVar("T")
@@ -114,3 +115,16 @@ def run_module(
         timeout=timeout,
         check=False,
     )
+
+
+class Topic:
+    """A fresh topic on the test broker, subscribed to a handler like the seed's curl does."""
+
+    def __init__(self, broker: TansuBroker, server: RestateServer, name: str, sink: str) -> None:
+        self.broker = broker
+        self.name = name
+        broker.create_topic(name)
+        kafka.ensure_subscription(server.admin_url, name, sink)
+
+    def produce(self, records: list[tuple[str, str]]) -> None:
+        kafka.produce(self.broker.bootstrap, self.name, records)
