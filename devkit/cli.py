@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from devkit import ROOT, DevError, binaries, patterns
+from devkit import ROOT, DevError, binaries, kafka, patterns
 from devkit.processes import (
     Echo,
+    ManagedProcess,
     PatternService,
     RestateServer,
     ServerPorts,
@@ -26,6 +27,8 @@ STATE_DIR = ROOT / ".restate"  # the local server's data and the logs of `./dev 
 ADMIN_URL = "http://localhost:9070"
 INGRESS_URL = "http://localhost:8080"
 SERVICE_PORT = 9080
+KAFKA_PORT = 9092
+KAFKA_CONFIG = ROOT / "restate.toml"  # the seed's: restate-server --config-file restate.toml
 # Spelled as the seed's `restate deployments register localhost:9080` spells it, so that
 # registering by hand later replaces this deployment instead of adding a second one.
 SERVICE_URI = f"http://localhost:{SERVICE_PORT}/"
@@ -43,73 +46,151 @@ def prefixed(name: str, width: int) -> Echo:
     return lambda line: say(label + line)
 
 
+def warnings_only(echo: Echo) -> Echo:
+    """The server logs a lot at INFO; show its warnings and errors (all of it is in the file)."""
+
+    def echo_warnings(line: str) -> None:
+        # octocrab: the offline server's failed check for a newer release, harmless
+        if (" WARN " in line or " ERROR " in line) and "octocrab" not in line:
+            echo(line)
+
+    return echo_warnings
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_run(pattern: str) -> int:
-    started = time.monotonic()
-    patterns.check(pattern)
-    server_bin, _ = binaries.ensure_all()
+def _require_free(*ports: int) -> None:
+    for port in ports:
+        if not port_is_free(port):
+            raise DevError(
+                f"port {port} is taken: stop what listens there "
+                f"(see `ss -ltnp 'sport = :{port}'`) and try again"
+            )
+
+
+def _start_broker(started: list[ManagedProcess], echo: Echo) -> bool:
+    """Use the Kafka broker on :9092, or start the embedded one; True if started."""
+    if kafka.broker_answers(KAFKA_PORT):
+        say(f"[dev] using the Kafka broker that answers at localhost:{KAFKA_PORT}")
+        return False
+    _require_free(KAFKA_PORT)
+    say(f"[dev] starting the embedded Kafka broker (Tansu, in memory) on :{KAFKA_PORT}")
+    broker = kafka.TansuBroker(KAFKA_PORT, STATE_DIR / "logs" / "tansu.log", echo=echo)
+    started.append(broker)
+    broker.start()
+    return True
+
+
+def _start_server(
+    started: list[ManagedProcess], echo: Echo, with_kafka: bool, fresh_broker: bool
+) -> str:
+    """Use the Restate server at RESTATE_ADMIN_URL, or start one; its admin URL."""
     admin_url = os.environ.get("RESTATE_ADMIN_URL", ADMIN_URL)
+    if http_ok(f"{admin_url}/health"):
+        say(f"[dev] using the Restate server that answers at {admin_url}")
+        if fresh_broker:
+            say(
+                "[dev] note: that server must have been started with --config-file "
+                "restate.toml, and may skip offsets it consumed from an earlier broker"
+            )
+        return admin_url
+    ports = ServerPorts()
+    _require_free(ports.ingress, ports.admin, ports.node, SERVICE_PORT)
+    state_dir = STATE_DIR
+    if fresh_broker:
+        # A fresh in-memory broker hands out offsets from 0 again, which a server that
+        # consumed from an earlier broker would drop as duplicates: start from scratch.
+        state_dir = STATE_DIR / "with-embedded-kafka"
+        shutil.rmtree(state_dir, ignore_errors=True)
+    say(f"[dev] starting restate-server ({binaries.find(binaries.SERVER)}), state in {state_dir}")
+    server = RestateServer(
+        binaries.find(binaries.SERVER),
+        state_dir,
+        ports,
+        STATE_DIR / "logs" / "server.log",
+        config_file=KAFKA_CONFIG if with_kafka else None,
+        echo=echo,
+    )
+    started.append(server)
+    server.start()
+    return ADMIN_URL
+
+
+def cmd_run(pattern: str) -> int:
+    begin = time.monotonic()
+    patterns.check(pattern)
+    binaries.ensure_all()
+    subscription = patterns.KAFKA.get(pattern)
     width = max(len(pattern), len("restate-server"))
-    server: RestateServer | None = None
-    service: PatternService | None = None
+    started: list[ManagedProcess] = []
     # Stop cleanly on SIGTERM and on SIGINT, even where SIGINT was ignored at start-up
     # (a background job of a non-interactive shell).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if http_ok(f"{admin_url}/health"):
-            say(f"[dev] using the Restate server that answers at {admin_url}")
-        else:
-            ports = ServerPorts()
-            for port in (ports.ingress, ports.admin, ports.node, SERVICE_PORT):
-                if not port_is_free(port):
-                    raise DevError(
-                        f"port {port} is taken: stop what listens there "
-                        f"(see `ss -ltnp 'sport = :{port}'`) and try again"
-                    )
-            say(f"[dev] starting restate-server ({server_bin}), state in {STATE_DIR}")
-            server = RestateServer(
-                server_bin,
-                STATE_DIR,
-                ports,
-                STATE_DIR / "logs" / "server.log",
-                echo=prefixed("restate-server", width),
-            )
-            server.start()
-            admin_url = ADMIN_URL
-        if not port_is_free(SERVICE_PORT):
-            raise DevError(f"port {SERVICE_PORT} is taken: stop what listens there and try again")
+        fresh_broker = subscription is not None and _start_broker(started, prefixed("tansu", width))
+        admin_url = _start_server(
+            started,
+            warnings_only(prefixed("restate-server", width)),
+            subscription is not None,
+            fresh_broker,
+        )
+        _require_free(SERVICE_PORT)
         service = PatternService(
             pattern,
             SERVICE_PORT,
             STATE_DIR / "logs" / f"{pattern}.log",
             echo=prefixed(pattern, width),
         )
+        started.append(service)
         service.start()
         names = register(admin_url, SERVICE_URI)
+        say(f"[dev] services {', '.join(names)} registered from {SERVICE_URI}")
+        if subscription is not None:
+            kafka.create_topic(f"localhost:{KAFKA_PORT}", subscription.topic)
+            created = kafka.ensure_subscription(admin_url, subscription.topic, subscription.sink)
+            say(
+                f"[dev] subscription kafka://{kafka.CLUSTER}/{subscription.topic} -> "
+                f"{subscription.sink} {'created' if created else 'exists'}: do not create it "
+                "again with curl (a second subscription processes every record again)"
+            )
         say(
-            f"\n[dev] {pattern} is ready ({time.monotonic() - started:.1f} s): "
-            f"services {', '.join(names)} registered from {SERVICE_URI}\n"
+            f"\n[dev] {pattern} is ready ({time.monotonic() - begin:.1f} s)\n"
             f"[dev] UI: {admin_url.rstrip('/')}/ui   ingress: {INGRESS_URL}\n"
             f"[dev] try it (CLI and clients in another terminal: prefix with ./dev exec):\n\n"
             f"{patterns.try_it(pattern)}\n\n"
-            "[dev] logs follow; Ctrl-C stops what ./dev started\n"
+            f"[dev] logs follow (restate-server: warnings only; all in {STATE_DIR}/logs/);"
+            " Ctrl-C stops what ./dev started\n"
         )
-        while service.running() and (server is None or server.running()):
+        while all(process.running() for process in started):
             time.sleep(0.2)
-        stopped = service if not service.running() else server
-        assert stopped is not None
+        stopped = next(process for process in started if not process.running())
         raise DevError(f"{stopped.name} exited with code {stopped.exit_code()}")
     except KeyboardInterrupt:
         say("\n[dev] stopping ...")
         return 0
     finally:
-        for process in (service, server):
-            if process is not None:
-                process.stop()
+        for process in reversed(started):
+            process.stop()
+
+
+def cmd_produce(topic: str) -> int:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", f"localhost:{KAFKA_PORT}")
+    host, _, port = bootstrap.rpartition(":")
+    if not kafka.broker_answers(int(port), host or "localhost"):
+        raise DevError(
+            f"no Kafka broker answers at {bootstrap}: start `./dev run eventtransactions` "
+            "(or eventenrichment, or `docker compose up -d`) first"
+        )
+    if sys.stdin.isatty():
+        print(
+            f"[dev] type key:value records for {topic}, one per line; Ctrl-D ends", file=sys.stderr
+        )
+    count = kafka.produce(bootstrap, topic, kafka.parse_console_lines(sys.stdin))
+    print(f"[dev] {count} records sent to {topic}", file=sys.stderr)
+    return 0
 
 
 def project_env() -> dict[str, str]:
@@ -186,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
     exe = commands.add_parser("exec", help="run a command with the venv and restate CLI")
     exe.add_argument("cmd", nargs=argparse.REMAINDER)
+    produce = commands.add_parser(
+        "produce", help="send key:value lines from stdin to a Kafka topic (console producer)"
+    )
+    produce.add_argument("topic")
     commands.add_parser("list", help="list the patterns")
     clean = commands.add_parser("clean", help="wipe the local Restate state (.restate/)")
     clean.add_argument("--all", action="store_true", help="also remove .venv/ and .tools/")
@@ -197,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_test(args.pytest_args, replay_pass=not args.no_replay)
         if args.command == "exec":
             return cmd_exec(args.cmd)
+        if args.command == "produce":
+            return cmd_produce(args.topic)
         if args.command == "list":
             return cmd_list()
         return cmd_clean(args.all)

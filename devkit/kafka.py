@@ -9,6 +9,7 @@ them as duplicates: whoever starts a fresh broker also starts the server on fres
 import importlib.util
 import socket
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,13 +62,19 @@ class TansuBroker(ManagedProcess):
         wait_until(ready, timeout, f"the Kafka broker to listen on {self.bootstrap}")
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
-        result = subprocess.run(
-            [str(tansu_binary()), "topic", "create", "--broker", f"tcp://{self.bootstrap}",
-             "--partitions", str(partitions), topic],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        if result.returncode != 0 and "already exists" not in (result.stdout + result.stderr):
-            raise DevError(f"creating topic {topic} failed: {result.stderr.strip()}")
+        create_topic(self.bootstrap, topic, partitions)
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    """Create `topic` on any Kafka-protocol broker, unless it exists."""
+    result = subprocess.run(
+        [str(tansu_binary()), "topic", "create", "--broker", f"tcp://{bootstrap}",
+         "--partitions", str(partitions), topic],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    output = (result.stdout + result.stderr).lower()
+    if result.returncode != 0 and "exist" not in output:
+        raise DevError(f"creating topic {topic} at {bootstrap} failed: {output.strip()}")
 
 
 def server_config(bootstrap: str) -> str:
@@ -131,6 +138,7 @@ def parse_console_lines(lines: Iterable[str], separator: str = ":") -> Iterable[
         if not line.strip():
             continue
         key, sep, value = line.partition(separator)
-        if not sep:
-            raise DevError(f"line {number}: no key separator {separator!r} in {line!r}")
+        if not sep:  # like kafka-console-producer: report the line, go on with the next
+            print(f"line {number}: no key separator {separator!r}, skipped", file=sys.stderr)
+            continue
         yield key, value

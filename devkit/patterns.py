@@ -2,6 +2,7 @@
 
 import ast
 import re
+from dataclasses import dataclass
 
 from devkit import ROOT, DevError
 
@@ -36,3 +37,18 @@ def try_it(name: str) -> str:
         return f"(see {name}/README.md)"
     blocks = re.findall(r"^```shell\n(.*?)^```", section.group(1), re.S | re.M)
     return "\n".join(block.rstrip() for block in blocks)
+
+
+@dataclass(frozen=True)
+class KafkaSubscription:
+    topic: str
+    sink: str
+
+
+# Patterns fed from Kafka: the topic and the handler the seed subscribes to it.
+KAFKA = {
+    "eventtransactions": KafkaSubscription("social-media-posts", "service://UserFeed/processPost"),
+    "eventenrichment": KafkaSubscription(
+        "package-location-updates", "service://PackageTracker/updateLocation"
+    ),
+}
