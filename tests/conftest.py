@@ -22,6 +22,7 @@ from devkit.processes import (
     free_port,
     register,
 )
+from devkit.stripe_standin import LocalStripe
 from tests.harness import Admin, Ingress
 
 ALWAYS_REPLAY = os.environ.get("PATTERNS_ALWAYS_REPLAY") == "1"
@@ -110,6 +111,19 @@ def kafka_server(
     server = _start_server(base_dir, config_file)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def stripe_standin(
+    tmp_path_factory: pytest.TempPathFactory, session_server: RestateServer
+) -> Iterator[LocalStripe]:
+    """The local Stripe API, sending its webhooks to the session server's ingress."""
+    standin = LocalStripe(free_port(), tmp_path_factory.mktemp("stripe") / "localstripe.log")
+    _live.append(standin)
+    standin.start()
+    standin.send_webhooks_to(f"{session_server.ingress_url}/PaymentService/processWebhook")
+    yield standin
+    standin.stop()
 
 
 def use_server(server: RestateServer, request: pytest.FixtureRequest) -> Iterator[RestateServer]:
