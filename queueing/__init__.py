@@ -1,0 +1,1 @@
+"""(Delayed) message queue: schedule tasks for now or later; each runs exactly once."""
