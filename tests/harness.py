@@ -96,6 +96,28 @@ class Admin:
         )
         return {row["key"]: row["value_utf8"] for row in rows}
 
+    def journal_count(
+        self,
+        entry_type: str,
+        name: str = "",
+        target: str | None = None,
+        invoked_by: str | None = None,
+    ) -> int:
+        """How many journal entries of this type ("Command: Sleep", "Command: Run", ...) and
+        name (a step's or timer's name) the invocations of `target` ("Service/handler")
+        and/or those called by invocation `invoked_by` hold (completed ones only while the
+        server retains their journal)."""
+        where = [f"j.entry_type = '{entry_type}'", f"j.name = '{name}'"]
+        if target is not None:
+            where.append(f"i.target = '{target}'")
+        if invoked_by is not None:
+            where.append(f"i.invoked_by_id = '{invoked_by}'")
+        rows = self.query(
+            "SELECT count(*) AS n FROM sys_journal j JOIN sys_invocation i ON j.id = i.id "
+            f"WHERE {' AND '.join(where)}"
+        )
+        return int(rows[0]["n"])
+
 
 def count_lines(service: PatternService, text: str) -> int:
     """How many lines of the service's log contain `text` (across restarts)."""

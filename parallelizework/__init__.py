@@ -1,0 +1,1 @@
+"""Parallelizing work: fan out subtasks in parallel, then gather their results."""

@@ -1,0 +1,1 @@
+"""Scheduling tasks: payment reminders on durable timers, then escalation to support."""
