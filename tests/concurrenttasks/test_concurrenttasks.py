@@ -19,9 +19,9 @@ def settings(server: RestateServer, **values: str) -> dict[str, str]:
     return {"RESTATE_INGRESS_URL": server.ingress_url, **values}
 
 
-def start(ingress: Ingress, email: str) -> str:
-    """Start a verification (as the seed's curl does, but without waiting); its invocation id."""
-    return ingress.send("/EmailVerification/verifyEmail", json={"email": email, "userId": "luke"})
+def start(ingress: Ingress) -> str:
+    """Start the seed's verification (as its curl does, but without waiting); the invocation id."""
+    return ingress.send("/EmailVerification/verifyEmail", json=SEED_REQUEST)
 
 
 def links(service: PatternService, invocation: str) -> list[str]:
@@ -107,10 +107,9 @@ def test_walkthrough_reminders_until_the_user_clicks_the_link(
     server: RestateServer,
     ingress: Ingress,
     admin: Admin,
-    unique: Callable[[str], str],
 ) -> None:
     service = start_service("concurrenttasks", settings(server, REMINDER_INTERVAL_SECONDS="0.5"))
-    invocation = start(ingress, "me@mail.com")
+    invocation = start(ingress)
     link = verification_link(service, invocation)
     assert link.startswith(f"{server.ingress_url}/restate/awakeables/sign_")
     assert link.endswith("/resolve")
@@ -156,7 +155,7 @@ def test_clicking_false_rejects_the_email(
     start_service: StartService, server: RestateServer, ingress: Ingress, admin: Admin
 ) -> None:
     service = start_service("concurrenttasks", settings(server))  # reminders every 10 s
-    invocation = start(ingress, "me@mail.com")
+    invocation = start(ingress)
     link = verification_link(service, invocation)
     click(link, "false")
 
@@ -170,7 +169,7 @@ def test_an_answer_other_than_true_or_false_ends_the_verification_with_400(
     start_service: StartService, server: RestateServer, ingress: Ingress
 ) -> None:
     service = start_service("concurrenttasks", settings(server))
-    invocation = start(ingress, "me@mail.com")
+    invocation = start(ingress)
     click(verification_link(service, invocation), '"yes"')
 
     response = outcome(ingress, invocation)
@@ -187,7 +186,7 @@ def test_without_an_answer_the_verification_times_out(
         "concurrenttasks",
         settings(server, REMINDER_INTERVAL_SECONDS="1", VERIFICATION_TIMEOUT_SECONDS="3.5"),
     )
-    invocation = start(ingress, "me@mail.com")
+    invocation = start(ingress)
     link = verification_link(service, invocation)
 
     response = outcome(ingress, invocation)
@@ -220,7 +219,7 @@ def crash_while_waiting(
     awakeable. (A crash in the middle of a step, after its side effect but before Restate
     recorded its result, runs that step again: at-least-once, as for any durable step.)
     """
-    invocation = start(ingress, "me@mail.com")
+    invocation = start(ingress)
     link = verification_link(service, invocation)
     eventually(
         lambda: waiting_for_the_next_reminder(admin, invocation),

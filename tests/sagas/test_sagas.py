@@ -90,10 +90,8 @@ def test_walkthrough_hotel_fully_booked_compensates_in_reverse_order(
     assert "sagas.clients.hotel_client" in refused[0]
 
 
-def test_the_seed_curl_body_verbatim(
-    start_service: StartService, ingress: Ingress, unique: Callable[[str], str]
-) -> None:
-    """The seed's exact body (customer 12345); other runs may use that customer too."""
+def test_the_seed_curl_body_verbatim(start_service: StartService, ingress: Ingress) -> None:
+    """The seed's exact body, customer 12345 (this test's service logs only this run)."""
     service = start_service("sagas")
     body = json.dumps(SEED_REQUEST, indent=2)
     response = ingress.post(
