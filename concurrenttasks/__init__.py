@@ -1,0 +1,1 @@
+"""Concurrent async tasks: email verification racing a callback, reminders and a timeout."""
