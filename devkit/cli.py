@@ -22,12 +22,14 @@ from devkit.processes import (
     port_is_free,
     register,
 )
+from devkit.stripe_standin import LocalStripe
 
 STATE_DIR = ROOT / ".restate"  # the local server's data and the logs of `./dev run`
 ADMIN_URL = "http://localhost:9070"
 INGRESS_URL = "http://localhost:8080"
 SERVICE_PORT = 9080
 KAFKA_PORT = 9092
+STRIPE_PORT = 8420  # localstripe's usual port
 KAFKA_CONFIG = ROOT / "restate.toml"  # the seed's: restate-server --config-file restate.toml
 # Spelled as the seed's `restate deployments register localhost:9080` spells it, so that
 # registering by hand later replaces this deployment instead of adding a second one.
@@ -116,6 +118,20 @@ def _start_server(
     started.append(server)
     server.start()
     return ADMIN_URL
+
+
+def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str, str]:
+    """The local Stripe API for signalspayments, unless real Stripe keys are given."""
+    if os.environ.get("STRIPE_SECRET_KEY") and os.environ.get("STRIPE_WEBHOOK_SECRET"):
+        say("[dev] STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET are set: using real Stripe")
+        return {}
+    _require_free(STRIPE_PORT)
+    say(f"[dev] starting the local Stripe stand-in (localstripe) on :{STRIPE_PORT}")
+    standin = LocalStripe(STRIPE_PORT, STATE_DIR / "logs" / "localstripe.log", echo=echo)
+    started.append(standin)
+    standin.start()
+    standin.send_webhooks_to(f"{INGRESS_URL}/PaymentService/processWebhook")
+    return standin.service_settings()
 
 
 def cmd_run(pattern: str) -> int:

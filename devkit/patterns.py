@@ -52,3 +52,7 @@ KAFKA = {
         "package-location-updates", "service://PackageTracker/updateLocation"
     ),
 }
+
+# Patterns that talk to Stripe: `./dev run` gives them a local stand-in unless real keys
+# (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET) are set.
+STRIPE = {"signalspayments"}
