@@ -153,11 +153,15 @@ def cmd_run(pattern: str) -> int:
             subscription is not None,
             fresh_broker,
         )
+        settings = {}
+        if pattern in patterns.STRIPE:
+            settings = _start_stripe_standin(started, prefixed("localstripe", width))
         _require_free(SERVICE_PORT)
         service = PatternService(
             pattern,
             SERVICE_PORT,
             STATE_DIR / "logs" / f"{pattern}.log",
+            settings=settings,
             echo=prefixed(pattern, width),
         )
         started.append(service)

@@ -14,6 +14,7 @@ idempotency key derived from the invocation, so a retried step does not pay twic
 
 import base64
 import binascii
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ from pydantic.alias_generators import to_camel
 from restate.serde import BytesSerde
 
 logger = restate.getLogger(__name__)
+# The Stripe library logs every API response at INFO; keep the pattern's own lines visible.
+logging.getLogger("stripe").setLevel(logging.WARNING)
 
 CALLBACK_ID = "restate_callback_id"  # metadata key of the PaymentIntent: the awakeable id
 # The webhook events that end a payment; others are acknowledged and ignored.
