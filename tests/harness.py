@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from devkit import ROOT, kafka
+from devkit import ROOT, binaries, kafka
 from devkit.kafka import TansuBroker
 from devkit.processes import PatternService, RestateServer
 
@@ -122,6 +122,21 @@ class Admin:
 def count_lines(service: PatternService, text: str) -> int:
     """How many lines of the service's log contain `text` (across restarts)."""
     return sum(text in line for line in service.log_lines())
+
+
+def restate_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the installed `restate` CLI (RESTATE_ADMIN_URL in `env` picks the server);
+    fails the test if it exits non-zero."""
+    result = subprocess.run(
+        [str(binaries.find(binaries.CLI)), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, f"restate {' '.join(args)}: {result.stderr}"
+    return result
 
 
 def run_module(

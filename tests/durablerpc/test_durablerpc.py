@@ -1,15 +1,13 @@
 """Durable RPC, idempotency and concurrency: the seed's walkthrough, crashes, bad input."""
 
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from devkit import binaries
 from devkit.processes import PatternService, RestateServer
 from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually, run_module
+from tests.harness import Admin, Ingress, count_lines, eventually, restate_cli, run_module
 
 
 def reserve(ingress: Ingress, product: str, reservation: str) -> bool:
@@ -25,6 +23,15 @@ def reserve(ingress: Ingress, product: str, reservation: str) -> bool:
 def handler_runs(service: PatternService, product: str) -> int:
     return count_lines(service, f"Product {product} reserved") + count_lines(
         service, f"Product {product} was already reserved"
+    )
+
+
+def wait_for_runs(service: PatternService, product: str, runs: int) -> None:
+    """The service's log reaches its file through a pipe: wait for the lines to land."""
+    eventually(
+        lambda: handler_runs(service, product) == runs,
+        timeout=10,
+        message=f"the handler ran {runs} times for {product} (its log lines)",
     )
 
 
@@ -47,21 +54,14 @@ def test_walkthrough_with_the_client_and_the_cli(
     assert client("reservation123") == "true"  # deduplicated: the first answer again
 
     # the third call did not run the handler: one run reserved, one found it reserved
+    wait_for_runs(service, product, 2)
     assert count_lines(service, f"Product {product} reserved") == 1
     assert count_lines(service, f"Product {product} was already reserved") == 1
     log_line = next(line for line in service.log_lines() if f"Product {product} " in line)
     assert "[ProductService/reserve][inv_" in log_line
 
     assert admin.state("ProductService", product) == {"reserved": "true"}
-    cli = subprocess.run(
-        [str(binaries.find(binaries.CLI)), "kv", "get", "ProductService", product],
-        env=client_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert cli.returncode == 0, cli.stderr
+    cli = restate_cli("kv", "get", "ProductService", product, env=client_env)
     assert "reserved" in cli.stdout
     assert "true" in cli.stdout
 
@@ -75,7 +75,7 @@ def test_concurrent_reservations_of_one_product_reserve_it_once(
         answers = list(pool.map(lambda i: reserve(ingress, product, f"r{i}"), range(20)))
     assert answers.count(True) == 1
     assert answers.count(False) == 19
-    assert handler_runs(service, product) == 20
+    wait_for_runs(service, product, 20)
 
 
 def test_concurrent_duplicates_run_the_handler_once(
@@ -86,7 +86,7 @@ def test_concurrent_duplicates_run_the_handler_once(
     with ThreadPoolExecutor(max_workers=10) as pool:
         answers = list(pool.map(lambda _: reserve(ingress, product, "same-reservation"), range(10)))
     assert answers == [True] * 10
-    assert handler_runs(service, product) == 1
+    wait_for_runs(service, product, 1)
 
 
 def test_request_accepted_while_the_service_is_down_runs_when_it_is_back(
@@ -104,7 +104,7 @@ def test_request_accepted_while_the_service_is_down_runs_when_it_is_back(
     response = ingress.get(f"{attach}/attach")
     assert response.status_code == 200, response.text
     assert response.json() is True
-    assert handler_runs(service, product) == 1
+    wait_for_runs(service, product, 1)
 
 
 def test_accepted_request_survives_a_server_crash(
@@ -131,7 +131,7 @@ def test_accepted_request_survives_a_server_crash(
     )
     assert response.json() is True
     assert reserve(ingress, product, "r2") is False
-    assert handler_runs(service, product) == 2
+    wait_for_runs(service, product, 2)
 
 
 def test_a_body_sent_to_reserve_is_refused_and_reserves_nothing(

@@ -5,14 +5,12 @@ and of the server while records flow, and records that cannot be applied.
 """
 
 import json
-import subprocess
 from collections.abc import Callable
 
-from devkit import binaries
 from devkit.kafka import TansuBroker
 from devkit.processes import PatternService, RestateServer
 from tests.conftest import StartService
-from tests.harness import Ingress, Topic, count_lines, eventually
+from tests.harness import Ingress, Topic, count_lines, eventually, restate_cli
 
 SINK = "service://PackageTracker/updateLocation"
 
@@ -78,15 +76,7 @@ def test_walkthrough_register_then_kafka_updates(
     }
     assert count_lines(service, f"Package {package} is at Pinetree Road 5, Paris") == 1
 
-    cli = subprocess.run(
-        [str(binaries.find(binaries.CLI)), "kv", "get", "PackageTracker", package],
-        env=client_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert cli.returncode == 0, cli.stderr
+    cli = restate_cli("kv", "get", "PackageTracker", package, env=client_env)
     for text in ("package-info", '"finalDestination": "Bridge 6, Amsterdam"',
                  '"location": "Mountain Road 155, Brussels"'):  # fmt: skip
         assert text in cli.stdout

@@ -4,15 +4,13 @@ Each test lets the reminder chains it starts run to their end, so that no delaye
 of one test reaches the service of the next.
 """
 
-import subprocess
 from collections.abc import Callable
 
 import httpx
 
-from devkit import binaries
 from devkit.processes import RestateServer
 from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually
+from tests.harness import Admin, Ingress, count_lines, eventually, restate_cli
 
 # the seed's event, as its curl commands send it
 SEED_EVENT = """{
@@ -121,15 +119,7 @@ def test_payment_after_the_first_reminder_stops_the_reminders(
     assert count_lines(service, ESCALATION) == 0
 
     assert admin.state("PaymentTracker", invoice) == {"paid": "true", "reminder_count": "1"}
-    cli = subprocess.run(
-        [str(binaries.find(binaries.CLI)), "kv", "get", "PaymentTracker", invoice],
-        env=client_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert cli.returncode == 0, cli.stderr
+    cli = restate_cli("kv", "get", "PaymentTracker", invoice, env=client_env)
     rows = {tuple(line.split()) for line in cli.stdout.splitlines()}
     assert ("paid", "true") in rows, cli.stdout
     assert ("reminder_count", "1") in rows, cli.stdout
