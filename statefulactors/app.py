@@ -50,10 +50,12 @@ _attempts: Counter[str] = Counter()
 def begin_transition(invocation_id: str, machine_id: str, target: str) -> None:
     """Start moving the machine; fails transiently on its first attempts (see Settings)."""
     logger.info("%s beginning transition to %s", machine_id, target)
-    _attempts[f"{invocation_id}/{target}"] += 1
-    if _attempts[f"{invocation_id}/{target}"] <= SETTINGS.transition_failed_attempts:
+    attempt = f"{invocation_id}/{target}"
+    _attempts[attempt] += 1
+    if _attempts[attempt] <= SETTINGS.transition_failed_attempts:
         logger.error("A failure happened!")
         raise RuntimeError("A failure happened!")
+    del _attempts[attempt]  # the step succeeded: it is journaled and never runs again
 
 
 def end_transition(machine_id: str, outcome: str) -> None:
