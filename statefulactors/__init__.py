@@ -1,0 +1,1 @@
+"""Stateful actors and state machines: one machine per key, one transition at a time."""

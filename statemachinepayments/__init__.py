@@ -1,0 +1,1 @@
+"""Payment state machine: payments processed once, cancellable, consistent under races."""
