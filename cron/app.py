@@ -28,6 +28,7 @@ Beyond the original (see README.md, "Behaviour beyond the original"):
 """
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 logger = restate.getLogger(__name__)
+# httpx logs each admin API lookup at INFO; keep the jobs' own lines visible.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
