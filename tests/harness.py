@@ -78,13 +78,22 @@ class Admin:
         self.server = server
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        response = httpx.post(
-            f"{self.server.admin_url}/query",
-            json={"query": sql},
-            headers={"accept": "application/json"},
-            timeout=HTTP_TIMEOUT,
-        )
-        assert response.status_code == 200, f"{response.status_code} {response.text}"
+        """Rows of a SQL query. Right after a server restart the query engine may still
+        see the old node and answer 500 for a few seconds: such answers are retried."""
+
+        def attempt() -> httpx.Response | None:
+            response = httpx.post(
+                f"{self.server.admin_url}/query",
+                json={"query": sql},
+                headers={"accept": "application/json"},
+                timeout=HTTP_TIMEOUT,
+            )
+            if response.status_code >= 500:
+                return None
+            assert response.status_code == 200, f"{response.status_code} {response.text}"
+            return response
+
+        response = eventually(attempt, timeout=30, message=f"the admin API answers {sql!r}")
         rows: list[dict[str, Any]] = response.json()["rows"]
         return rows
 
