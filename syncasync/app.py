@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -61,7 +60,8 @@ data_upload_service = restate.Workflow("DataUploadService")
 @data_upload_service.main(name="run")
 async def run(ctx: restate.WorkflowContext) -> str:
     """Create a bucket, upload the user's data to it, and return the bucket's URL."""
-    url = await ctx.run_typed("create bucket", create_s3_bucket)
+    bucket_id = ctx.random().randint(0, 10**9)  # the same on every replay
+    url = await ctx.run_typed("create bucket", create_s3_bucket, bucket_id=bucket_id)
     eta = upload_eta(ctx.key())
     await ctx.run_typed("upload data", upload_data, restate.RunOptions(), url, eta)
     await ctx.promise("url", type_hint=str).resolve(url)
@@ -93,8 +93,8 @@ def parse_email(body: bytes) -> str:
 # Stand-ins for the real data operations and e-mail client.
 
 
-def create_s3_bucket() -> str:
-    url = f"https://s3-eu-central-1.amazonaws.com/{random.randint(0, 10**9)}/"
+def create_s3_bucket(bucket_id: int) -> str:
+    url = f"https://s3-eu-central-1.amazonaws.com/{bucket_id}/"
     logger.info("Creating bucket with URL %s", url)
     return url
 
