@@ -215,10 +215,12 @@ def cmd_produce(topic: str) -> int:
 
 def project_env() -> dict[str, str]:
     """The environment of `./dev exec` and of the tests' subprocesses."""
-    _, cli_bin = binaries.ensure_all()
+    server_bin, cli_bin = binaries.ensure_all()
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([venv_bin, str(cli_bin.parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join(
+        [venv_bin, str(cli_bin.parent), str(server_bin.parent), env.get("PATH", "")]
+    )
     env["VIRTUAL_ENV"] = str(Path(sys.executable).parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("RESTATE_ADMIN_URL", ADMIN_URL)
