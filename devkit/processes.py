@@ -101,20 +101,24 @@ class ManagedProcess:
         if self.running():
             raise DevError(f"{self.name} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._proc = subprocess.Popen(
-            self.argv,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if _libc is not None else None,
-        )
-        self._reader = threading.Thread(
-            target=self._pump, args=(self._proc,), name=f"log-{self.name}", daemon=True
-        )
-        self._reader.start()
+        # Without a callback the child writes straight into its log file, so a line it
+        # logged before answering a request is in the file when the answer arrives.
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self.echo else log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if _libc is not None else None,
+            )
+        if self.echo is not None:
+            self._reader = threading.Thread(
+                target=self._pump, args=(self._proc,), name=f"log-{self.name}", daemon=True
+            )
+            self._reader.start()
 
     def _pump(self, proc: "subprocess.Popen[bytes]") -> None:
         assert proc.stdout is not None

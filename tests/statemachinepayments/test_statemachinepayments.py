@@ -284,14 +284,17 @@ def test_pending_expiry_survives_a_server_crash(
     server.kill()
     server.start()
 
-    def expired() -> bool:
-        # right after the restart a state query may answer 500 until partitions are up
-        return not admin.state("PaymentProcessor", payment_id)
-
+    # Wait for the expiry itself first: right after a restart, a state query may answer
+    # with no rows before the partitions are back, which would look like an expiry.
     eventually(
-        expired,
+        lambda: count_lines(service, f"Payment {payment_id} expired") == 1,
         timeout=60,
-        message="the payment's state to expire after the server crash",
+        message="the payment to expire after the server crash",
+    )
+    eventually(
+        lambda: not admin.state("PaymentProcessor", payment_id),
+        timeout=60,
+        message="the payment's state to be cleared",
     )
     assert count_lines(service, f"Payment {payment_id} expired") == 1
     assert balance(admin, account) == opening - 100
