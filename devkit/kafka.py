@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from devkit import DevError
-from devkit.processes import Echo, ManagedProcess, wait_until
+from devkit.processes import Echo, ManagedProcess
 
 CLUSTER = "my-cluster"  # the name in restate.toml and in the seed's subscription commands
 
@@ -53,13 +53,11 @@ class TansuBroker(ManagedProcess):
 
     def start(self, timeout: float = 30.0) -> None:
         super().start()
-
-        def ready() -> bool:
-            if not self.running():
-                raise DevError(f"tansu exited with code {self.exit_code()}:\n{self.log_tail(20)}")
-            return broker_answers(self.port)
-
-        wait_until(ready, timeout, f"the Kafka broker to listen on {self.bootstrap}")
+        self.wait_ready(
+            lambda: broker_answers(self.port),
+            timeout,
+            f"the Kafka broker to listen on {self.bootstrap}",
+        )
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         create_topic(self.bootstrap, topic, partitions)

@@ -154,6 +154,18 @@ class ManagedProcess:
             self._proc.kill()
             self._finish(10.0)
 
+    def wait_ready(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll `ready` until true; DevError with the log's tail if the process exits."""
+
+        def check() -> bool:
+            if not self.running():
+                raise DevError(
+                    f"{self.name} exited with code {self.exit_code()}:\n{self.log_tail(30)}"
+                )
+            return ready()
+
+        wait_until(check, timeout, what)
+
     def exit_code(self) -> int | None:
         return self._proc.poll() if self._proc else None
 
@@ -222,16 +234,14 @@ class RestateServer(ManagedProcess):
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> None:
-        def healthy() -> bool:
-            if not self.running():
-                raise DevError(
-                    f"restate-server exited with code {self.exit_code()}:\n{self.log_tail(30)}"
-                )
-            return http_ok(f"{self.admin_url}/health") and http_ok(
-                f"{self.ingress_url}/restate/health"
-            )
-
-        wait_until(healthy, timeout, f"restate-server to be healthy on {self.admin_url}")
+        self.wait_ready(
+            lambda: (
+                http_ok(f"{self.admin_url}/health")
+                and http_ok(f"{self.ingress_url}/restate/health")
+            ),
+            timeout,
+            f"restate-server to be healthy on {self.admin_url}",
+        )
 
     def restart(self) -> None:
         self.stop()
@@ -258,16 +268,11 @@ class PatternService(ManagedProcess):
 
     def start(self, timeout: float = 30.0) -> None:
         super().start()
-
-        def ready() -> bool:
-            if not self.running():
-                raise DevError(
-                    f"python -m {self.name} exited with code {self.exit_code()}:\n"
-                    f"{self.log_tail(30)}"
-                )
-            return http_ok(f"{self.url}/health")
-
-        wait_until(ready, timeout, f"python -m {self.name} to listen on port {self.port}")
+        self.wait_ready(
+            lambda: http_ok(f"{self.url}/health"),
+            timeout,
+            f"python -m {self.name} to listen on port {self.port}",
+        )
 
     def restart(self) -> None:
         self.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from devkit import DevError
-from devkit.processes import Echo, ManagedProcess, http_ok, wait_until
+from devkit.processes import Echo, ManagedProcess, http_ok
 
 # Local credentials: localstripe accepts any sk_ key, and signs webhooks with the secret
 # it is given when the webhook endpoint is registered.
@@ -33,13 +33,11 @@ class LocalStripe(ManagedProcess):
 
     def start(self, timeout: float = 30.0) -> None:
         super().start()
-
-        def ready() -> bool:
-            if not self.running():
-                raise DevError(f"localstripe exited: {self.log_tail(20)}")
-            return http_ok(f"{self.url}/js.stripe.com/v3/")
-
-        wait_until(ready, timeout, f"localstripe to listen on {self.url}")
+        self.wait_ready(
+            lambda: http_ok(f"{self.url}/js.stripe.com/v3/"),
+            timeout,
+            f"localstripe to listen on {self.url}",
+        )
 
     def service_settings(self) -> dict[str, str]:
         """The environment that points the pattern's Stripe client at this stand-in."""
