@@ -56,6 +56,12 @@ def attach_log(request: pytest.FixtureRequest, process: ManagedProcess) -> None:
     request.node.stash.setdefault(_PROCESSES, []).append(process)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that need the Kafka server last: once started, it and the broker stay
+    up until the session ends, and an idle server still costs CPU (2-core machines)."""
+    items.sort(key=lambda item: "kafka_broker" in getattr(item, "fixturenames", ()))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

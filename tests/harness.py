@@ -25,6 +25,7 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, message: st
     """
     deadline = time.monotonic() + timeout
     last_error: AssertionError | None = None
+    pause = 0.05  # grows to 0.25 s: most checks are HTTP calls that cost the server CPU
     while True:
         try:
             result = check()
@@ -35,7 +36,8 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, message: st
         if time.monotonic() > deadline:
             detail = f": {last_error}" if last_error else ""
             raise AssertionError(f"not true after {timeout:g} s: {message}{detail}")
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.25)
 
 
 class Ingress:
