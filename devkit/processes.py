@@ -207,6 +207,7 @@ class RestateServer(ManagedProcess):
         settings: dict[str, str] | None = None,
         config_file: Path | None = None,
         echo: Echo | None = None,
+        node_name: str = "dev",
     ) -> None:
         env = {k: v for k, v in os.environ.items() if k not in _NOT_SERVER_CONFIG}
         env.update(
@@ -219,7 +220,7 @@ class RestateServer(ManagedProcess):
         )
         env.update(settings or {})
         argv = [str(binary), "--no-logo", "--listen-mode", "tcp", "--bind-ip", "127.0.0.1",
-                "--node-name", "dev", "--base-dir", str(base_dir)]  # fmt: skip
+                "--node-name", node_name, "--base-dir", str(base_dir)]  # fmt: skip
         if config_file is not None:
             argv += ["--config-file", str(config_file)]
         super().__init__("restate-server", argv, log_path, env=env, echo=echo)
