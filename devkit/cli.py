@@ -196,7 +196,7 @@ def cmd_run(pattern: str, with_cluster: bool = False) -> int:
         )
         started.append(service)
         service.start()
-        names = register(admin_url, SERVICE_URI)
+        names = nodes.register(SERVICE_URI) if nodes else register(admin_url, SERVICE_URI)
         say(f"[dev] services {', '.join(names)} registered from {SERVICE_URI}")
         if subscription is not None:
             kafka.create_topic(f"localhost:{KAFKA_PORT}", subscription.topic)

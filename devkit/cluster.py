@@ -31,7 +31,14 @@ from typing import Any
 import httpx
 
 from devkit import DevError
-from devkit.processes import Echo, ManagedProcess, RestateServer, ServerPorts, wait_until
+from devkit.processes import (
+    Echo,
+    ManagedProcess,
+    RestateServer,
+    ServerPorts,
+    register,
+    wait_until,
+)
 
 CLUSTER_NAME = "patterns-cluster"
 REPLICATION = 2
@@ -58,10 +65,13 @@ class NodeSpec:
         return f"http://127.0.0.1:{self.ports.node}/"
 
 
-def node_config(node: NodeSpec, members: list[NodeSpec]) -> dict[str, Any]:
-    """One node's configuration (written as TOML). Every key is checked against
-    `restate-server --dump-config` before start: a misspelled key would be ignored."""
-    return {
+def node_config(
+    node: NodeSpec, members: list[NodeSpec], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One node's configuration (written as TOML), plus `extra` keys (tables merged).
+    Every key is checked against `restate-server --dump-config` before start: a
+    misspelled key would be silently ignored."""
+    config: dict[str, Any] = {
         "node-name": node.name,
         "force-node-id": node.node_id,
         "cluster-name": CLUSTER_NAME,
@@ -80,6 +90,12 @@ def node_config(node: NodeSpec, members: list[NodeSpec]) -> dict[str, Any]:
         "admin": {"bind-address": f"127.0.0.1:{node.ports.admin}"},
         "ingress": {"bind-address": f"127.0.0.1:{node.ports.ingress}"},
     }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict):
+            config[key] = {**config.get(key, {}), **value}
+        else:
+            config[key] = value
+    return config
 
 
 def to_toml(config: dict[str, Any]) -> str:
@@ -130,9 +146,10 @@ class ClusterNode(RestateServer):
         members: list[NodeSpec],
         settings: dict[str, str] | None = None,
         echo: Echo | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         self.spec = spec
-        self.config = node_config(spec, members)
+        self.config = node_config(spec, members, extra_config)
         self.config_path = state_dir / f"{spec.name}.toml"
         super().__init__(
             binary,
@@ -197,11 +214,15 @@ class Cluster:
         ports: tuple[ServerPorts, ...] = FIXED_PORTS,
         settings: dict[str, str] | None = None,
         echo: Callable[[str], Echo | None] = lambda node_name: None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
+        """`settings`: environment of every node (RESTATE_...); `extra_config`: more
+        config file keys for every node (checked like the others)."""
         specs = [NodeSpec(i + 1, p) for i, p in enumerate(ports)]
         self.state_dir = state_dir
         self.nodes = [
-            ClusterNode(binary, state_dir, spec, specs, settings, echo(spec.name)) for spec in specs
+            ClusterNode(binary, state_dir, spec, specs, settings, echo(spec.name), extra_config)
+            for spec in specs
         ]
 
     @property
@@ -228,6 +249,12 @@ class Cluster:
             "all three nodes to join the cluster's metadata store",
             interval=0.2,
         )
+
+    def register(self, service_uri: str, timeout: float = 120.0) -> list[str]:
+        """Register a deployment through the first running node's admin API; retried while
+        the metadata store elects a leader."""
+        admin_url = self.running_nodes()[0].admin_url
+        return register(admin_url, service_uri, retry_for=timeout)
 
     def running_nodes(self) -> list[ClusterNode]:
         return [node for node in self.nodes if node.running()]

@@ -280,14 +280,28 @@ class PatternService(ManagedProcess):
         self.start()
 
 
-def register(admin_url: str, service_uri: str, timeout: float = 30.0) -> list[str]:
-    """Register (or re-register, `force`) a deployment; the names of its services."""
-    response = httpx.post(
-        f"{admin_url}/deployments", json={"uri": service_uri, "force": True}, timeout=timeout
-    )
-    if response.status_code >= 300:
-        raise DevError(
-            f"registering {service_uri} at {admin_url} failed: "
-            f"{response.status_code} {response.text}"
-        )
-    return [service["name"] for service in response.json()["services"]]
+def register(
+    admin_url: str, service_uri: str, timeout: float = 30.0, retry_for: float = 0.0
+) -> list[str]:
+    """Register (or re-register, `force`) a deployment; the names of its services.
+
+    `retry_for` seconds: keep trying while the server answers 5xx or not at all (a
+    cluster whose metadata store is electing a leader answers 500 for a moment)."""
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            response = httpx.post(
+                f"{admin_url}/deployments", json={"uri": service_uri, "force": True},
+                timeout=timeout,
+            )  # fmt: skip
+            problem = f"{response.status_code} {response.text}"
+            if response.status_code < 300:
+                return [service["name"] for service in response.json()["services"]]
+            if response.status_code < 500:
+                break
+        except httpx.HTTPError as error:
+            problem = repr(error)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise DevError(f"registering {service_uri} at {admin_url} failed: {problem}")
