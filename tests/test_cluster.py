@@ -243,12 +243,16 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
     assert count_lines(rpc, "already reserved") == 0
 
     # 7. the figures
-    gaps = [b - a for a, b in zip(stream.done_at, stream.done_at[1:], strict=False)]
+    gaps = [(b - a, a) for a, b in zip(stream.done_at, stream.done_at[1:], strict=False)]
+    longest, longest_from = max(gaps)
+    median = sorted(gap for gap, _ in gaps)[len(gaps) // 2]
     first_after_kill = min(t for t in stream.done_at if t > killed_at)
     memory = ", ".join(f"{node.spec.name} {node.rss_mib() or 0:.0f} MiB" for node in cluster.nodes)
     print(
-        f"\n[cluster] {len(products)} reservations, {len(client.moves)} client moves; "
-        f"stall: longest gap {max(gaps):.2f} s, kill to next completed call "
+        f"\n[cluster] {len(products)} reservations (median {median:.2f} s apart), "
+        f"{len(client.moves)} client moves; stall: longest gap {longest:.2f} s (from "
+        f"{longest_from - killed_at:+.1f} s after the kill; n1 restarted at "
+        f"{restarted_at - killed_at:+.1f} s), kill to next completed call "
         f"{first_after_kill - killed_at:.2f} s; recovery: restart to healthy "
         f"{healthy_at - restarted_at:.2f} s, to serving through n1 "
         f"{serving_at - restarted_at:.2f} s; memory: {memory}"
