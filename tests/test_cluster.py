@@ -28,7 +28,8 @@ from devkit.processes import PatternService, ServerPorts, free_port
 from tests.conftest import SERVER_SETTINGS, _live, attach_log
 from tests.harness import Admin, count_lines, eventually
 
-MACHINES = {"TRANSITION_DURATION_SECONDS": "4", "TRANSITION_FAILED_ATTEMPTS": "0"}
+# a 10 s transition: long enough to span the kill even when the machine is busy
+MACHINES = {"TRANSITION_DURATION_SECONDS": "10", "TRANSITION_FAILED_ATTEMPTS": "0"}
 CALL_TIMEOUT = 20.0  # per HTTP attempt; a call that hangs this long is tried on another node
 
 
@@ -140,28 +141,34 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
     admin = Admin(n2)  # n2's admin answers throughout: n1 is the node that dies
     machines = [unique("machine") for _ in range(3)]
     client = FailoverClient([node.ingress_url for node in cluster.nodes])
+    actors = services["statefulactors"]
 
-    # 1. machines start their 4 s transition (a durable timer) through n1's ingress
-    invocations = {}
-    for machine in machines:
-        response = client.post(f"/MachineOperator/{machine}/setUp/send", key=f"up-{machine}")
-        assert response.status_code == 202, f"{response.status_code} {response.text}"
-        invocations[machine] = response.json()["invocationId"]
-
-    # 2. a stream of idempotent reservations through n1's ingress
+    # 1. a stream of idempotent reservations through n1's ingress
     stream = Stream(client, unique("product"))
     worker = threading.Thread(target=stream.run, name="reservations", daemon=True)
     worker.start()
     try:
+        eventually(lambda: len(stream.done_at) >= 10, 90, "10 reservations before the kill")
+
+        # 2. machines start their 10 s transition (a durable timer) through n1's ingress
+        invocations = {}
+        for machine in machines:
+            response = client.post(f"/MachineOperator/{machine}/setUp/send", key=f"up-{machine}")
+            assert response.status_code == 202, f"{response.status_code} {response.text}"
+            invocations[machine] = response.json()["invocationId"]
         ids = ", ".join(f"'{i}'" for i in invocations.values())
-        eventually(
-            lambda: len(admin.query(
+        sleeping: list[int] = []
+
+        def all_sleeping_or_done() -> bool:
+            rows = admin.query(
                 f"SELECT id FROM sys_journal WHERE id IN ({ids}) AND entry_type LIKE '%Sleep%'"
-            )) == len(machines),
-            timeout=60,
-            message="every machine to be in its durable sleep",
-        )  # fmt: skip
-        eventually(lambda: len(stream.done_at) >= 10, 60, "10 reservations before the kill")
+            )
+            sleeping.append(len(rows))
+            done = [m for m in machines if count_lines(actors, f"{m} is now running")]
+            # a finished invocation's journal may be gone already: count it by its log line
+            return len(rows) + len(done) >= len(machines)
+
+        eventually(all_sleeping_or_done, 60, "every machine to reach its durable sleep")
 
         # 3. kill -9 the node the client uses
         assert client.current == 0
@@ -216,7 +223,6 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
         )
         assert again.json() == f"{machine} is now running", "a repeated setUp ran again"
         assert admin.state("MachineOperator", machine) == {"state": '"UP"'}
-    actors = services["statefulactors"]
     for machine in machines:
         for line in (f"{machine} beginning transition to UP", f"{machine} is now running"):
             assert count_lines(actors, line) == 1, f"{count_lines(actors, line)} x {line!r}"
@@ -242,7 +248,8 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
     memory = ", ".join(f"{node.spec.name} {node.rss_mib() or 0:.0f} MiB" for node in cluster.nodes)
     print(
         f"\n[cluster] {len(products)} reservations (median {median:.2f} s apart), "
-        f"{len(client.moves)} client moves; stall: longest gap {longest:.2f} s (from "
+        f"{len(client.moves)} client moves, {sleeping[-1]} of {len(machines)} machines "
+        f"asleep at the kill; stall: longest gap {longest:.2f} s (from "
         f"{longest_from - killed_at:+.1f} s after the kill; n1 restarted at "
         f"{restarted_at - killed_at:+.1f} s), kill to next completed call "
         f"{first_after_kill - killed_at:.2f} s; recovery: restart to healthy "
