@@ -229,7 +229,10 @@ def cmd_run(pattern: str, with_cluster: bool = False) -> int:
         return 0
     finally:
         for process in reversed(started):
-            process.stop()
+            if nodes is None or process not in nodes.nodes:
+                process.stop()
+        if nodes is not None:
+            nodes.stop()
 
 
 def _watch(started: list[ManagedProcess], nodes: cluster.Cluster | None) -> NoReturn:

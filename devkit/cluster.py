@@ -267,8 +267,10 @@ class Cluster:
         return [node for node in self.nodes if node.running()]
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
-            node.stop()
+        """Stop all nodes at once (one after the other takes three times as long)."""
+        stopping = [node for node in self.nodes if node.request_stop()]
+        for node in stopping:
+            node.finish_stop()
 
 
 def metadata_members(admin_url: str) -> list[int] | None:

@@ -142,9 +142,20 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the process to stop (SIGINT), kill it if it has not after `timeout` s."""
-        if self.running():
-            assert self._proc is not None
-            self._proc.send_signal(signal.SIGINT)
+        if self.request_stop():
+            self._finish(timeout)
+
+    def request_stop(self) -> bool:
+        """Send SIGINT without waiting (see `finish_stop`); False if it was not running."""
+        if not self.running():
+            return False
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGINT)
+        return True
+
+    def finish_stop(self, timeout: float = 10.0) -> None:
+        """Wait for a process asked to stop; kill it if it has not after `timeout` s."""
+        if self._proc is not None:
             self._finish(timeout)
 
     def kill(self) -> None:
