@@ -131,7 +131,9 @@ class Stream:
         return sum(t > moment for t in self.done_at)
 
 
-@pytest.mark.timeout(600)  # three servers on a busy 2-core machine: slow, not stuck
+# Bounds are generous: at a load average of 60 on 2 cores, partition leaders moving back to
+# the restarted node stalled the stream for over a minute.
+@pytest.mark.timeout(900)  # three servers on a busy 2-core machine: slow, not stuck
 def test_killing_the_clients_node_loses_and_doubles_nothing(
     cluster: Cluster,
     services: dict[str, PatternService],
@@ -176,7 +178,7 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
         n1.kill()
         eventually(
             lambda: stream.completed_after(killed_at) >= 10 or stream.error,
-            timeout=90,
+            timeout=180,
             message="10 reservations through another node after the kill",
         )
         assert stream.error is None, stream.error
@@ -203,7 +205,7 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
         serving_at = time.monotonic()
         eventually(
             lambda: stream.completed_after(serving_at) >= 5 or stream.error,
-            timeout=60,
+            timeout=180,
             message="5 more reservations after n1 rejoined",
         )
     finally:
