@@ -150,7 +150,7 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
     worker = threading.Thread(target=stream.run, name="reservations", daemon=True)
     worker.start()
     try:
-        eventually(lambda: len(stream.done_at) >= 10, 90, "10 reservations before the kill")
+        eventually(lambda: len(stream.done_at) >= 10, 180, "10 reservations before the kill")
 
         # 2. machines start their 10 s transition (a durable timer) through n1's ingress
         invocations = {}
@@ -170,7 +170,7 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
             # a finished invocation's journal may be gone already: count it by its log line
             return len(rows) + len(done) >= len(machines)
 
-        eventually(all_sleeping_or_done, 60, "every machine to reach its durable sleep")
+        eventually(all_sleeping_or_done, 120, "every machine to reach its durable sleep")
 
         # 3. kill -9 the node the client uses
         assert client.current == 0
@@ -186,7 +186,7 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
 
         # 4. restart it: it rejoins and serves requests through its own ingress again
         restarted_at = time.monotonic()
-        n1.start(timeout=90)
+        n1.start(timeout=180)
         healthy_at = time.monotonic()
         probe = f"{stream.prefix}-probe"
 
@@ -201,7 +201,7 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
                 return False
             return response.status_code == 200 and response.json() is True
 
-        eventually(n1_serves, timeout=90, message="n1 to serve a call after its restart")
+        eventually(n1_serves, timeout=180, message="n1 to serve a call after its restart")
         serving_at = time.monotonic()
         eventually(
             lambda: stream.completed_after(serving_at) >= 5 or stream.error,
