@@ -10,8 +10,9 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
-from devkit import ROOT, DevError, binaries, kafka, patterns
+from devkit import ROOT, DevError, binaries, cluster, kafka, patterns
 from devkit.processes import (
     Echo,
     ManagedProcess,
@@ -120,6 +121,25 @@ def _start_server(
     return ADMIN_URL
 
 
+def _start_cluster(started: list[ManagedProcess], width: int) -> cluster.Cluster:
+    """Three restate-server nodes on the fixed ports of devkit/cluster.py."""
+    ports = [p for node in cluster.FIXED_PORTS for p in (node.ingress, node.admin, node.node)]
+    _require_free(*ports, SERVICE_PORT)
+    state_dir = STATE_DIR / "cluster"
+    binary = binaries.find(binaries.SERVER)
+    nodes = cluster.Cluster(
+        binary,
+        state_dir,
+        cluster.FIXED_PORTS,
+        echo=lambda name: warnings_only(prefixed(f"restate-server {name}", width)),
+    )
+    nodes.check_config()
+    say(f"[dev] starting a 3-node cluster ({binary}), state and configs in {state_dir}")
+    started.extend(nodes.nodes)
+    nodes.start()
+    return nodes
+
+
 def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str, str]:
     """The local Stripe API for signalspayments, unless real Stripe keys are given."""
     if os.environ.get("STRIPE_SECRET_KEY") and os.environ.get("STRIPE_WEBHOOK_SECRET"):
@@ -134,12 +154,18 @@ def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str
     return standin.service_settings()
 
 
-def cmd_run(pattern: str) -> int:
+def cmd_run(pattern: str, with_cluster: bool = False) -> int:
     begin = time.monotonic()
     patterns.check(pattern)
     binaries.ensure_all()
     subscription = patterns.KAFKA.get(pattern)
-    width = max(len(pattern), len("restate-server"))
+    if with_cluster and subscription is not None:
+        raise DevError(
+            f"--cluster does not configure Kafka yet: run {pattern} on one server "
+            "(./dev run without --cluster)"
+        )
+    width = max(len(pattern), len("restate-server n1"))
+    nodes: cluster.Cluster | None = None
     started: list[ManagedProcess] = []
     # Stop cleanly on SIGTERM and on SIGINT, even where SIGINT was ignored at start-up
     # (a background job of a non-interactive shell).
@@ -147,12 +173,16 @@ def cmd_run(pattern: str) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         fresh_broker = subscription is not None and _start_broker(started, prefixed("tansu", width))
-        admin_url = _start_server(
-            started,
-            warnings_only(prefixed("restate-server", width)),
-            subscription is not None,
-            fresh_broker,
-        )
+        if with_cluster:
+            nodes = _start_cluster(started, width)
+            admin_url = nodes.admin_url
+        else:
+            admin_url = _start_server(
+                started,
+                warnings_only(prefixed("restate-server", width)),
+                subscription is not None,
+                fresh_broker,
+            )
         settings = {}
         if pattern in patterns.STRIPE:
             settings = _start_stripe_standin(started, prefixed("localstripe", width))
@@ -166,7 +196,7 @@ def cmd_run(pattern: str) -> int:
         )
         started.append(service)
         service.start()
-        names = register(admin_url, SERVICE_URI)
+        names = nodes.register(SERVICE_URI) if nodes else register(admin_url, SERVICE_URI)
         say(f"[dev] services {', '.join(names)} registered from {SERVICE_URI}")
         if subscription is not None:
             kafka.create_topic(f"localhost:{KAFKA_PORT}", subscription.topic)
@@ -176,24 +206,55 @@ def cmd_run(pattern: str) -> int:
                 f"{subscription.sink} {'created' if created else 'exists'}: do not create it "
                 "again with curl (a second subscription processes every record again)"
             )
+        ingress_note = f"ingress: {INGRESS_URL}"
+        logs = f"{STATE_DIR}/logs/"
+        if nodes is not None:
+            logs += f" and {nodes.state_dir}/logs/"
+            ingress_note = "ingress of each node (any one takes any request):\n" + "\n".join(
+                f"[dev]   {node.spec.name}: http://localhost:{node.ports.ingress}"
+                f"   (admin http://localhost:{node.ports.admin})"
+                for node in nodes.nodes
+            )
         say(
             f"\n[dev] {pattern} is ready ({time.monotonic() - begin:.1f} s)\n"
-            f"[dev] UI: {admin_url.rstrip('/')}/ui   ingress: {INGRESS_URL}\n"
+            f"[dev] UI: {admin_url.rstrip('/')}/ui   {ingress_note}\n"
             f"[dev] try it (CLI and clients in another terminal: prefix with ./dev exec):\n\n"
             f"{patterns.try_it(pattern)}\n\n"
-            f"[dev] logs follow (restate-server: warnings only; all in {STATE_DIR}/logs/);"
+            f"[dev] logs follow (restate-server: warnings only; all in {logs});"
             " Ctrl-C stops what ./dev started\n"
         )
-        while all(process.running() for process in started):
-            time.sleep(0.2)
-        stopped = next(process for process in started if not process.running())
-        raise DevError(f"{stopped.name} exited with code {stopped.exit_code()}")
+        _watch(started, nodes)
     except KeyboardInterrupt:
         say("\n[dev] stopping ...")
         return 0
     finally:
         for process in reversed(started):
-            process.stop()
+            if nodes is None or process not in nodes.nodes:
+                process.stop()
+        if nodes is not None:
+            nodes.stop()
+
+
+def _watch(started: list[ManagedProcess], nodes: cluster.Cluster | None) -> NoReturn:
+    """Return (DevError) when a process exits; a cluster goes on while 2 of 3 nodes run."""
+    essential = [p for p in started if nodes is None or p not in nodes.nodes]
+    reported: set[str] = set()
+    while True:
+        time.sleep(0.2)
+        for process in essential:
+            if not process.running():
+                raise DevError(f"{process.name} exited with code {process.exit_code()}")
+        if nodes is None:
+            continue
+        for node in nodes.nodes:
+            if not node.running() and node.name not in reported:
+                reported.add(node.name)
+                say(
+                    f"[dev] {node.name} exited with code {node.exit_code()}; the cluster "
+                    f"serves on with {len(nodes.running_nodes())} of 3 nodes"
+                )
+        if len(nodes.running_nodes()) < 2:
+            raise DevError("fewer than 2 of 3 nodes run: the cluster cannot serve")
 
 
 def cmd_produce(topic: str) -> int:
@@ -295,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     run = commands.add_parser("run", help="start Restate (if needed) and serve one pattern")
     run.add_argument("pattern")
+    run.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a 3-node replicated cluster instead of one server (see devkit/cluster.py)",
+    )
     test = commands.add_parser("test", help="lint, type-check and run the whole test suite")
     test.add_argument("--no-replay", action="store_true", help="skip the always-replay pass")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
@@ -310,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args.pattern)
+            return cmd_run(args.pattern, args.cluster)
         if args.command == "test":
             return cmd_test(args.pytest_args, replay_pass=not args.no_replay)
         if args.command == "exec":

@@ -142,9 +142,20 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the process to stop (SIGINT), kill it if it has not after `timeout` s."""
-        if self.running():
-            assert self._proc is not None
-            self._proc.send_signal(signal.SIGINT)
+        if self.request_stop():
+            self._finish(timeout)
+
+    def request_stop(self) -> bool:
+        """Send SIGINT without waiting (see `finish_stop`); False if it was not running."""
+        if not self.running():
+            return False
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGINT)
+        return True
+
+    def finish_stop(self, timeout: float = 10.0) -> None:
+        """Wait for a process asked to stop; kill it if it has not after `timeout` s."""
+        if self._proc is not None:
             self._finish(timeout)
 
     def kill(self) -> None:
@@ -207,6 +218,7 @@ class RestateServer(ManagedProcess):
         settings: dict[str, str] | None = None,
         config_file: Path | None = None,
         echo: Echo | None = None,
+        node_name: str = "dev",
     ) -> None:
         env = {k: v for k, v in os.environ.items() if k not in _NOT_SERVER_CONFIG}
         env.update(
@@ -219,7 +231,7 @@ class RestateServer(ManagedProcess):
         )
         env.update(settings or {})
         argv = [str(binary), "--no-logo", "--listen-mode", "tcp", "--bind-ip", "127.0.0.1",
-                "--node-name", "dev", "--base-dir", str(base_dir)]  # fmt: skip
+                "--node-name", node_name, "--base-dir", str(base_dir)]  # fmt: skip
         if config_file is not None:
             argv += ["--config-file", str(config_file)]
         super().__init__("restate-server", argv, log_path, env=env, echo=echo)
@@ -279,14 +291,28 @@ class PatternService(ManagedProcess):
         self.start()
 
 
-def register(admin_url: str, service_uri: str, timeout: float = 30.0) -> list[str]:
-    """Register (or re-register, `force`) a deployment; the names of its services."""
-    response = httpx.post(
-        f"{admin_url}/deployments", json={"uri": service_uri, "force": True}, timeout=timeout
-    )
-    if response.status_code >= 300:
-        raise DevError(
-            f"registering {service_uri} at {admin_url} failed: "
-            f"{response.status_code} {response.text}"
-        )
-    return [service["name"] for service in response.json()["services"]]
+def register(
+    admin_url: str, service_uri: str, timeout: float = 30.0, retry_for: float = 0.0
+) -> list[str]:
+    """Register (or re-register, `force`) a deployment; the names of its services.
+
+    `retry_for` seconds: keep trying while the server answers 5xx or not at all (a
+    cluster whose metadata store is electing a leader answers 500 for a moment)."""
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            response = httpx.post(
+                f"{admin_url}/deployments", json={"uri": service_uri, "force": True},
+                timeout=timeout,
+            )  # fmt: skip
+            problem = f"{response.status_code} {response.text}"
+            if response.status_code < 300:
+                return [service["name"] for service in response.json()["services"]]
+            if response.status_code < 500:
+                break
+        except httpx.HTTPError as error:
+            problem = repr(error)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise DevError(f"registering {service_uri} at {admin_url} failed: {problem}")
