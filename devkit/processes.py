@@ -279,11 +279,18 @@ class PatternService(ManagedProcess):
         self.start()
 
 
-def register(admin_url: str, service_uri: str, timeout: float = 30.0) -> list[str]:
-    """Register (or re-register, `force`) a deployment; the names of its services."""
-    response = httpx.post(
-        f"{admin_url}/deployments", json={"uri": service_uri, "force": True}, timeout=timeout
-    )
+def register(
+    admin_url: str, service_uri: str, timeout: float = 30.0, use_http_11: bool = False
+) -> list[str]:
+    """Register (or re-register, `force`) a deployment; the names of its services.
+
+    `use_http_11`: the server calls the service with one HTTP/1.1 request/response per
+    invocation step instead of a bidirectional HTTP/2 stream.
+    """
+    body: dict[str, object] = {"uri": service_uri, "force": True}
+    if use_http_11:
+        body["use_http_11"] = True
+    response = httpx.post(f"{admin_url}/deployments", json=body, timeout=timeout)
     if response.status_code >= 300:
         raise DevError(
             f"registering {service_uri} at {admin_url} failed: "
