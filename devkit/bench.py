@@ -465,7 +465,7 @@ class Bench:
             warm = self._kafka_round(service, 50, timeout=90)
             if warm.completed == 0:
                 raise DevError("no Kafka record reached the service within 90 s")
-        records = max(100, int(self.opts.duration * 200))
+        records = max(100, int(self.opts.duration * 100))
         return self._kafka_round(service, records, timeout=max(20, self.opts.duration * 5))
 
     def _kafka_round(self, service: PatternService, records: int, timeout: float) -> Sample:
@@ -607,21 +607,21 @@ def run(names: list[str], opts: Options) -> Path:
             f"({time.monotonic() - begin:.0f} s); measuring")  # fmt: skip
         for number in range(opts.runs):
             warmup = opts.warmup if number == 0 else 0.0  # later runs: already warm
-            for scenario in chosen:
-                sample = bench.measure(scenario, Serving(), warmup)
-                samples.setdefault(scenario.name, []).append(sample)
-                say(f"[bench] run {number + 1}/{opts.runs} {scenario.name:<22} "
-                    f"{sample.throughput:8.1f} {scenario.unit:<20} p99 "
-                    f"{sample.p99_ms if sample.p99_ms is not None else float('nan'):7.1f} ms "
-                    f"CPU s server {sample.cpu['server']:.1f} service "
-                    f"{sample.cpu['service']:.1f} load {sample.cpu['load']:.1f}")  # fmt: skip
-            for serving in servings:
-                for scenario in serving_scenarios:
-                    sample = bench.measure(scenario, serving, warmup)
+            # Kafka last: records it leaves unprocessed would load the other scenarios.
+            plan = [(s, Serving()) for s in chosen if s.name != KAFKA_SCENARIO]
+            plan += [(s, serving) for serving in servings for s in serving_scenarios]
+            plan += [(s, Serving()) for s in chosen if s.name == KAFKA_SCENARIO]
+            for scenario, serving in plan:
+                sample = bench.measure(scenario, serving, warmup)
+                p99 = f"{sample.p99_ms:7.1f} ms" if sample.p99_ms is not None else "      - ms"
+                label = scenario.name + ("" if serving.default else f" ({serving.name})")
+                cpu = " / ".join(f"{sample.cpu[k]:.1f}" for k in ("server", "service", "load"))
+                say(f"[bench] run {number + 1}/{opts.runs} {label:<52} {sample.throughput:8.1f} "
+                    f"{scenario.unit:<18} p99 {p99}  CPU s server/service/load {cpu}")  # fmt: skip
+                if serving.default:
+                    samples.setdefault(scenario.name, []).append(sample)
+                else:
                     serving_samples.setdefault((scenario.name, serving.name), []).append(sample)
-                    say(f"[bench] run {number + 1}/{opts.runs} {scenario.name:<22} "
-                        f"{serving.name:<28} {sample.throughput:8.1f}/s p99 "
-                        f"{sample.p99_ms or 0:6.1f} ms")  # fmt: skip
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)
