@@ -300,7 +300,11 @@ def cmd_bench(names: list[str], options: "bench.Options") -> int:
     binaries.ensure_all()
     _ensure_bench_extras()
     begin = time.monotonic()
-    report = bench.run(names, options)
+    try:
+        report = bench.run(names, options)
+    except KeyboardInterrupt:
+        say("\n[dev] bench: interrupted, everything it started is stopped")
+        return 1
     say(f"\n{report.read_text(encoding='utf-8')}")
     say(f"[dev] bench: {time.monotonic() - begin:.0f} s; results in {report.parent}/")
     return 0
