@@ -425,13 +425,14 @@ class Bench:
         result = json.loads(found.group(1))
         errors = result["socket_errors"] + result["non2xx"] + result["timeouts"]
         ok = result["requests"] - result["non2xx"]
+        latency = {k: result[f"{k}_us"] / 1000 if ok else None for k in ("p50", "p90", "p99")}
         return Sample(
             throughput=ok / (result["duration_us"] / 1e6),
             completed=ok,
             errors=errors,
-            p50_ms=result["p50_us"] / 1000,
-            p90_ms=result["p90_us"] / 1000,
-            p99_ms=result["p99_us"] / 1000,
+            p50_ms=latency["p50"],
+            p90_ms=latency["p90"],
+            p99_ms=latency["p99"],
             cpu={**usage.cpu, "load": rusage.ru_utime + rusage.ru_stime},
             peak_mb={
                 **{k: v / 2**20 for k, v in usage.peak.items()},
