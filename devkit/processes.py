@@ -292,19 +292,26 @@ class PatternService(ManagedProcess):
 
 
 def register(
-    admin_url: str, service_uri: str, timeout: float = 30.0, retry_for: float = 0.0
+    admin_url: str,
+    service_uri: str,
+    timeout: float = 30.0,
+    retry_for: float = 0.0,
+    use_http_11: bool = False,
 ) -> list[str]:
     """Register (or re-register, `force`) a deployment; the names of its services.
 
     `retry_for` seconds: keep trying while the server answers 5xx or not at all (a
-    cluster whose metadata store is electing a leader answers 500 for a moment)."""
+    cluster whose metadata store is electing a leader answers 500 for a moment).
+    `use_http_11`: the server calls the service with one HTTP/1.1 request/response per
+    invocation step instead of a bidirectional HTTP/2 stream.
+    """
+    body: dict[str, object] = {"uri": service_uri, "force": True}
+    if use_http_11:
+        body["use_http_11"] = True
     deadline = time.monotonic() + retry_for
     while True:
         try:
-            response = httpx.post(
-                f"{admin_url}/deployments", json={"uri": service_uri, "force": True},
-                timeout=timeout,
-            )  # fmt: skip
+            response = httpx.post(f"{admin_url}/deployments", json=body, timeout=timeout)
             problem = f"{response.status_code} {response.text}"
             if response.status_code < 300:
                 return [service["name"] for service in response.json()["services"]]

@@ -49,3 +49,8 @@ def test_readme_has_try_it_commands_and_a_row_in_the_root_table(pattern: str) ->
     assert re.search(rf"^\| \[{pattern}\]\({pattern}/\) \|", root_readme, re.M), (
         f"README.md has no row for {pattern}"
     )
+
+
+def test_the_benchmark_baseline_is_served_by_the_same_file() -> None:
+    text = (ROOT / "bench" / "noop" / "__main__.py").read_text(encoding="utf-8")
+    assert text == REFERENCE_MAIN, "bench/noop/__main__.py differs from durablerpc/__main__.py"
