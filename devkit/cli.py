@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from devkit import ROOT, DevError, binaries, kafka, patterns
+from devkit import ROOT, DevError, binaries, identity, kafka, patterns
 from devkit.processes import (
     Echo,
     ManagedProcess,
@@ -86,11 +86,21 @@ def _start_broker(started: list[ManagedProcess], echo: Echo) -> bool:
 
 
 def _start_server(
-    started: list[ManagedProcess], echo: Echo, with_kafka: bool, fresh_broker: bool
+    started: list[ManagedProcess],
+    echo: Echo,
+    with_kafka: bool,
+    fresh_broker: bool,
+    keys: identity.KeyPair | None = None,
 ) -> str:
-    """Use the Restate server at RESTATE_ADMIN_URL, or start one; its admin URL."""
+    """Use the Restate server at RESTATE_ADMIN_URL, or start one (signing its requests to
+    services with `keys`, if given); its admin URL."""
     admin_url = os.environ.get("RESTATE_ADMIN_URL", ADMIN_URL)
     if http_ok(f"{admin_url}/health"):
+        if keys is not None:
+            raise DevError(
+                f"--identity: a Restate server already answers at {admin_url}, and ./dev "
+                "cannot give it a signing key: stop it, or run without --identity"
+            )
         say(f"[dev] using the Restate server that answers at {admin_url}")
         if fresh_broker:
             say(
@@ -112,6 +122,7 @@ def _start_server(
         state_dir,
         ports,
         STATE_DIR / "logs" / "server.log",
+        settings=keys.server_settings() if keys is not None else None,
         config_file=KAFKA_CONFIG if with_kafka else None,
         echo=echo,
     )
@@ -134,7 +145,7 @@ def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str
     return standin.service_settings()
 
 
-def cmd_run(pattern: str) -> int:
+def cmd_run(pattern: str, with_identity: bool = False) -> int:
     begin = time.monotonic()
     patterns.check(pattern)
     binaries.ensure_all()
@@ -145,6 +156,13 @@ def cmd_run(pattern: str) -> int:
     # (a background job of a non-interactive shell).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    keys = None
+    if with_identity:
+        keys = identity.generate(STATE_DIR / "identity")
+        say(
+            f"[dev] request identity on: restate-server signs with {keys.private_pem}, "
+            f"{pattern} serves only requests signed by {keys.public_key}"
+        )
     try:
         fresh_broker = subscription is not None and _start_broker(started, prefixed("tansu", width))
         admin_url = _start_server(
@@ -152,10 +170,11 @@ def cmd_run(pattern: str) -> int:
             warnings_only(prefixed("restate-server", width)),
             subscription is not None,
             fresh_broker,
+            keys,
         )
-        settings = {}
+        settings = keys.service_settings() if keys is not None else {}
         if pattern in patterns.STRIPE:
-            settings = _start_stripe_standin(started, prefixed("localstripe", width))
+            settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
         _require_free(SERVICE_PORT)
         service = PatternService(
             pattern,
@@ -295,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     run = commands.add_parser("run", help="start Restate (if needed) and serve one pattern")
     run.add_argument("pattern")
+    run.add_argument(
+        "--identity",
+        action="store_true",
+        default=os.environ.get("PATTERNS_REQUEST_IDENTITY") == "1",
+        help="request identity: the server signs its requests, the service takes only those "
+        "(also PATTERNS_REQUEST_IDENTITY=1)",
+    )
     test = commands.add_parser("test", help="lint, type-check and run the whole test suite")
     test.add_argument("--no-replay", action="store_true", help="skip the always-replay pass")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
@@ -310,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args.pattern)
+            return cmd_run(args.pattern, with_identity=args.identity)
         if args.command == "test":
             return cmd_test(args.pytest_args, replay_pass=not args.no_replay)
         if args.command == "exec":
