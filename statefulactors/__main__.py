@@ -4,7 +4,7 @@ This file is the same in every pattern folder, so that a folder still runs on it
 when you copy it into your project. Environment: PORT (default 9080), HOST (default
 127.0.0.1), LOG_LEVEL (default INFO), IDENTITY_KEYS (optional: comma-separated public keys
 `publickeyv1_...`; then only requests that a Restate server signed with the matching
-private key are served, see "Request identity" in the collection's README). Stop it with
+private key are served: "Closed doors" in the collection's README). Stop it with
 Ctrl-C or SIGTERM.
 """
 
