@@ -86,7 +86,7 @@ async def send_batch(ctx: restate.ObjectContext, items: list[Any]) -> None:
     ctx.clear(EXPIRY)
 
 
-@batch_receiver.handler(name="receive")
+@batch_receiver.handler(name="receive", ingress_private=True)
 async def receive_batch(ctx: restate.ObjectContext, items: list[Any]) -> None:
     """The batches' real destination: here it only logs each batch, once."""
     await ctx.run_typed("deliver batch", deliver, restate.RunOptions(), ctx.key(), items)

@@ -2,7 +2,10 @@
 
 This file is the same in every pattern folder, so that a folder still runs on its own
 when you copy it into your project. Environment: PORT (default 9080), HOST (default
-127.0.0.1), LOG_LEVEL (default INFO). Stop it with Ctrl-C or SIGTERM.
+127.0.0.1), LOG_LEVEL (default INFO), IDENTITY_KEYS (optional: comma-separated public keys
+`publickeyv1_...`; then only requests that a Restate server signed with the matching
+private key are served: "Closed doors" in the collection's README). Stop it with
+Ctrl-C or SIGTERM.
 """
 
 import asyncio
@@ -12,8 +15,13 @@ import signal
 
 import hypercorn.asyncio
 from hypercorn.config import Config
+from restate._internal import (  # type: ignore[import-not-found]  # the SDK's verifier, no stub
+    IdentityVerificationException,
+    PyIdentityVerifier,
+)
 from restate.extensions import current_context
 from restate.server import install_shutdown_hook
+from restate.server_types import Receive, RestateAppT, Scope, Send
 
 from .app import app
 
@@ -34,6 +42,33 @@ class InvocationTag(logging.Filter):
         return True
 
 
+def require_identity(asgi_app: RestateAppT) -> RestateAppT:
+    """With IDENTITY_KEYS set, answer 401 to any request (but the health check) that a
+    Restate server holding the matching private key did not sign. The SDK's own check
+    (`restate.app(..., identity_keys=[...])`), applied here so that app.py stays as is."""
+    keys = [key.strip() for key in os.environ.get("IDENTITY_KEYS", "").split(",") if key.strip()]
+    if not keys:
+        return asgi_app
+    verifier = PyIdentityVerifier(keys)  # refuses a malformed key at start
+    logging.getLogger(__name__).info("Serving only requests signed by %d key(s)", len(keys))
+
+    async def checked(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if scope["type"] == "http" and path.rstrip("/").rsplit("/", 1)[-1] != "health":
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            try:
+                verifier.verify(headers, path)
+            except IdentityVerificationException:
+                await send(
+                    {"type": "http.response.start", "status": 401, "headers": [], "trailers": False}
+                )
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        await asgi_app(scope, receive, send)
+
+    return checked
+
+
 def hypercorn_config() -> Config:
     config = Config()
     config.bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '9080')}"]
@@ -52,7 +87,8 @@ async def serve() -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     # The SDK owns the SIGTERM handler (it drains invocations); add ourselves to it.
     install_shutdown_hook(loop, stop.set, signal.SIGTERM)
-    await hypercorn.asyncio.serve(app, hypercorn_config(), shutdown_trigger=stop.wait)
+    served = require_identity(app)
+    await hypercorn.asyncio.serve(served, hypercorn_config(), shutdown_trigger=stop.wait)
 
 
 def main() -> None:

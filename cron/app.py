@@ -24,7 +24,8 @@ Beyond the original (see README.md, "Behaviour beyond the original"):
   retrying task, Restate or this service down) run one after another right away, at
   most CRON_CATCH_UP_LIMIT of them;
 - `initiate` checks the target against the services registered in Restate (admin API
-  at RESTATE_ADMIN_URL): an unknown service or handler is a 400, not a failing job.
+  at RESTATE_ADMIN_URL): an unknown service or handler is a 400, not a failing job; so
+  is an ingress-private handler (a job runs only what a client could call itself).
 """
 
 import json
@@ -173,9 +174,14 @@ def check_target(request: JobRequest) -> str:
         logger.warning("Cannot check the target %s/%s: %s", service, method, response.text)
         return ""
     description = response.json()
-    handlers = sorted(handler["name"] for handler in description.get("handlers", []))
-    if method not in handlers:
-        return f"method: {service} has no handler {method!r} (its handlers: {handlers})"
+    public = {
+        handler["name"]: handler.get("public", True) for handler in description.get("handlers", [])
+    }
+    if method not in public:
+        return f"method: {service} has no handler {method!r} (its handlers: {sorted(public)})"
+    if not public[method] or not description.get("public", True):
+        # a job must not open a door that the ingress keeps closed
+        return f"method: {service}/{method} is ingress-private: a cron job cannot call it"
     kind = description.get("ty")
     if kind in ("VirtualObject", "Workflow") and request.key is None:
         return f"key: {service} is a {kind}: give the key of the one to call"
@@ -202,7 +208,7 @@ async def create(ctx: restate.Context, body: bytes) -> CreatedJob:
     return CreatedJob(job_id=job_id, next_execution_time=info.next_execution_time)
 
 
-@cron_job.handler(name="initiate", input_serde=restate.serde.BytesSerde())
+@cron_job.handler(name="initiate", input_serde=restate.serde.BytesSerde(), ingress_private=True)
 async def initiate(ctx: restate.ObjectContext, body: bytes) -> JobInfo:
     """Start the job with this id: check the request, schedule the first run."""
     if await ctx.get(JOB, type_hint=JobInfo) is not None:

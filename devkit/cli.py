@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from devkit import ROOT, DevError, bench, binaries, cluster, kafka, patterns
+from devkit import ROOT, DevError, bench, binaries, cluster, identity, kafka, patterns
 from devkit.processes import (
     Echo,
     ManagedProcess,
@@ -87,11 +87,21 @@ def _start_broker(started: list[ManagedProcess], echo: Echo) -> bool:
 
 
 def _start_server(
-    started: list[ManagedProcess], echo: Echo, with_kafka: bool, fresh_broker: bool
+    started: list[ManagedProcess],
+    echo: Echo,
+    with_kafka: bool,
+    fresh_broker: bool,
+    keys: identity.KeyPair | None = None,
 ) -> str:
-    """Use the Restate server at RESTATE_ADMIN_URL, or start one; its admin URL."""
+    """Use the Restate server at RESTATE_ADMIN_URL, or start one (signing its requests to
+    services with `keys`, if given); its admin URL."""
     admin_url = os.environ.get("RESTATE_ADMIN_URL", ADMIN_URL)
     if http_ok(f"{admin_url}/health"):
+        if keys is not None:
+            raise DevError(
+                f"--identity: a Restate server already answers at {admin_url}, and ./dev "
+                "cannot give it a signing key: stop it, or run without --identity"
+            )
         say(f"[dev] using the Restate server that answers at {admin_url}")
         if fresh_broker:
             say(
@@ -113,6 +123,7 @@ def _start_server(
         state_dir,
         ports,
         STATE_DIR / "logs" / "server.log",
+        settings=keys.server_settings() if keys is not None else None,
         config_file=KAFKA_CONFIG if with_kafka else None,
         echo=echo,
     )
@@ -154,7 +165,7 @@ def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str
     return standin.service_settings()
 
 
-def cmd_run(pattern: str, with_cluster: bool = False) -> int:
+def cmd_run(pattern: str, with_cluster: bool = False, with_identity: bool = False) -> int:
     begin = time.monotonic()
     patterns.check(pattern)
     binaries.ensure_all()
@@ -164,6 +175,8 @@ def cmd_run(pattern: str, with_cluster: bool = False) -> int:
             f"--cluster does not configure Kafka yet: run {pattern} on one server "
             "(./dev run without --cluster)"
         )
+    if with_cluster and with_identity:
+        raise DevError("--identity is not set up for --cluster yet: use one of them")
     width = max(len(pattern), len("restate-server n1"))
     nodes: cluster.Cluster | None = None
     started: list[ManagedProcess] = []
@@ -171,6 +184,13 @@ def cmd_run(pattern: str, with_cluster: bool = False) -> int:
     # (a background job of a non-interactive shell).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    keys = None
+    if with_identity:
+        keys = identity.generate(STATE_DIR / "identity")
+        say(
+            f"[dev] request identity on: restate-server signs with {keys.private_pem}, "
+            f"{pattern} serves only requests signed by {keys.public_key}"
+        )
     try:
         fresh_broker = subscription is not None and _start_broker(started, prefixed("tansu", width))
         if with_cluster:
@@ -182,10 +202,11 @@ def cmd_run(pattern: str, with_cluster: bool = False) -> int:
                 warnings_only(prefixed("restate-server", width)),
                 subscription is not None,
                 fresh_broker,
+                keys,
             )
-        settings = {}
+        settings = keys.service_settings() if keys is not None else {}
         if pattern in patterns.STRIPE:
-            settings = _start_stripe_standin(started, prefixed("localstripe", width))
+            settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
         _require_free(SERVICE_PORT)
         service = PatternService(
             pattern,
@@ -396,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a 3-node replicated cluster instead of one server (see devkit/cluster.py)",
     )
+    run.add_argument(
+        "--identity",
+        action="store_true",
+        default=os.environ.get("PATTERNS_REQUEST_IDENTITY") == "1",
+        help="request identity: the server signs its requests, the service takes only those "
+        "(also PATTERNS_REQUEST_IDENTITY=1)",
+    )
     test = commands.add_parser("test", help="lint, type-check and run the whole test suite")
     test.add_argument("--no-replay", action="store_true", help="skip the always-replay pass")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
@@ -426,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args.pattern, args.cluster)
+            return cmd_run(args.pattern, args.cluster, args.identity)
         if args.command == "test":
             return cmd_test(args.pytest_args, replay_pass=not args.no_replay)
         if args.command == "exec":

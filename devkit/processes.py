@@ -273,7 +273,9 @@ class PatternService(ManagedProcess):
     ) -> None:
         env = dict(os.environ)
         env.update(settings or {})
-        env.update(PORT=str(port), PYTHONUNBUFFERED="1")
+        # HOST too: a HOST exported in the user's shell (some set it to the host name) would
+        # otherwise make the service listen beyond loopback
+        env.update(HOST="127.0.0.1", PORT=str(port), PYTHONUNBUFFERED="1")
         super().__init__(pattern, [sys.executable, "-m", pattern], log_path, env=env, echo=echo)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"

@@ -114,7 +114,9 @@ async def run(ctx: restate.Context, body: bytes) -> str:
     return answer
 
 
-@fan_out_worker.handler(name="runSubtask", input_serde=restate.serde.BytesSerde())
+@fan_out_worker.handler(
+    name="runSubtask", input_serde=restate.serde.BytesSerde(), ingress_private=True
+)
 async def run_subtask(ctx: restate.Context, body: bytes) -> SubTaskResult:
     """Execute one subtask: it takes a random time, then it is DONE."""
     subtask = parse(SubTask, body)

@@ -111,7 +111,7 @@ async def get_balance(ctx: restate.ObjectContext) -> int:
     return balance
 
 
-@account.handler(name="withdraw", input_serde=restate.serde.BytesSerde())
+@account.handler(name="withdraw", input_serde=restate.serde.BytesSerde(), ingress_private=True)
 async def withdraw(ctx: restate.ObjectContext, body: bytes) -> Result:
     """Take `amountCents` (the body, a number) from the account, if it holds enough."""
     amount_cents = parse_cents(body)
@@ -125,7 +125,7 @@ async def withdraw(ctx: restate.ObjectContext, body: bytes) -> Result:
     return Result(success=True, reason="Withdrawal successful")
 
 
-@account.handler(name="deposit", input_serde=restate.serde.BytesSerde())
+@account.handler(name="deposit", input_serde=restate.serde.BytesSerde(), ingress_private=True)
 async def deposit(ctx: restate.ObjectContext, body: bytes) -> None:
     """Add `amountCents` (the body, a number) to the account."""
     amount_cents = parse_cents(body)
@@ -201,7 +201,7 @@ def expire_later(ctx: restate.ObjectContext) -> None:
     ctx.object_send(expire, key=ctx.key(), arg=None, send_delay=SETTINGS.payment_expiry)
 
 
-@payment_processor.handler(name="expire")
+@payment_processor.handler(name="expire", ingress_private=True)
 async def expire(ctx: restate.ObjectContext) -> None:
     """Clear the payment's state: the id may then be used for a new payment."""
     ctx.clear_all()

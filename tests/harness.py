@@ -130,6 +130,21 @@ class Admin:
         return int(rows[0]["n"])
 
 
+# What restate-server 1.7's ingress answers to a call of an ingress-private handler.
+NOT_PUBLIC = {"code": 400, "message": "the invoked service is not public", "source": "ingress"}
+
+
+def assert_ingress_refuses(ingress: Ingress, path: str, body: Any = None) -> None:
+    """A call of `path` ("/Service[/key]/handler") through the ingress is refused, both
+    as a request-response call and as a one-way `/send` (also a delayed one)."""
+    for suffix in ("", "/send", "/send?delay=1s"):
+        response = ingress.post(path + suffix, json=body)
+        assert response.status_code == 400, (
+            f"{path}{suffix}: {response.status_code} {response.text}"
+        )
+        assert response.json() == NOT_PUBLIC, f"{path}{suffix}: {response.text}"
+
+
 def count_lines(service: PatternService, text: str) -> int:
     """How many lines of the service's log contain `text` (across restarts)."""
     return sum(text in line for line in service.log_lines())

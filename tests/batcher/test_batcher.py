@@ -7,7 +7,7 @@ from typing import Any
 
 from devkit.processes import PatternService, RestateServer
 from tests.conftest import StartService
-from tests.harness import Admin, Ingress, eventually
+from tests.harness import Admin, Ingress, assert_ingress_refuses, eventually
 
 JSON = {"content-type": "application/json"}
 
@@ -153,9 +153,8 @@ def test_bad_items_are_refused_with_400_and_change_nothing(
     assert not_json.json()["message"].startswith("item: expected a JSON value")
     empty = ingress.post(f"/Batcher/{key}/receive", headers=JSON)
     assert empty.status_code == 400
-    # expire is for the Batcher's own timer only
-    private = ingress.post(f"/Batcher/{key}/expire")
-    assert private.status_code == 400
-    assert "not public" in private.json()["message"]
+    # expire is for the Batcher's own timer only, BatchReceiver for the Batcher only
+    assert_ingress_refuses(ingress, f"/Batcher/{key}/expire")
+    assert_ingress_refuses(ingress, f"/BatchReceiver/{key}/receive", [1, 2, 3])
     assert admin.state("Batcher", key) == {}
     assert batches(service, key) == []

@@ -10,7 +10,7 @@ from typing import Any
 
 from devkit.processes import PatternService, RestateServer
 from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually
+from tests.harness import Admin, Ingress, assert_ingress_refuses, count_lines, eventually
 
 EVERY_MINUTE = """{ 
       "cronExpression": "* * * * *", 
@@ -246,6 +246,9 @@ def test_bad_requests_are_400_naming_the_field_and_create_nothing(
          "key: TaskObject is a VirtualObject"),
         ({**task, "cronExpression": "* * * * *", "key": "k"},
          "key: TaskService is a Service: it takes no key"),
+        # a job must not reach what the ingress refuses
+        ({"cronExpression": "* * * * *", "service": "CronJob", "method": "execute", "key": "k"},
+         "method: CronJob/execute is ingress-private: a cron job cannot call it"),
         ("{not json", "Invalid JSON"),
     ]  # fmt: skip
     jobs_before = admin.query("SELECT count(*) AS n FROM state WHERE service_name = 'CronJob'")
@@ -262,23 +265,26 @@ def test_bad_requests_are_400_naming_the_field_and_create_nothing(
 
     assert ingress.get("/CronJob/no-such-job/getInfo").status_code == 404
     assert ingress.get("/CronJob/no-such-job/cancel").status_code == 404
-    # execute is private: only the job itself schedules it
-    assert ingress.post("/CronJob/no-such-job/execute").status_code in (400, 403, 404)
 
 
-def test_initiating_an_existing_job_is_409(
+def test_initiate_and_execute_are_closed_to_the_ingress(
     start_service: StartService,
     server: RestateServer,
     ingress: Ingress,
+    admin: Admin,
     unique: Callable[[str], str],
 ) -> None:
-    start_cron(start_service, server)
+    """Only `create` starts a job and only the job schedules its runs (the walkthrough
+    test shows both still happen)."""
+    service = start_cron(start_service, server)
     job_id = unique("job")
-    body = {"cronExpression": "0 0 * * *", "service": "TaskService", "method": "executeTask"}
-    assert ingress.post(f"/CronJob/{job_id}/initiate", json=body).status_code == 200
-    response = ingress.post(f"/CronJob/{job_id}/initiate", json=body)
-    assert response.status_code == 409, response.text
-    cancel(ingress, job_id)
+    body = {"cronExpression": "* * * * * *", "service": "TaskService", "method": "executeTask",
+            "payload": job_id}  # fmt: skip
+    assert_ingress_refuses(ingress, f"/CronJob/{job_id}/initiate", body)
+    assert_ingress_refuses(ingress, f"/CronJob/{job_id}/execute")
+    assert admin.state("CronJob", job_id) == {}
+    assert ingress.get(f"/CronJob/{job_id}/getInfo").status_code == 404
+    assert count_lines(service, f"Executing task: {job_id}") == 0
 
 
 def test_crashes_between_runs_neither_skip_nor_double_a_run(

@@ -14,7 +14,7 @@ import pytest
 from devkit import binaries
 from devkit.processes import PatternService, RestateServer
 from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually
+from tests.harness import Admin, Ingress, assert_ingress_refuses, count_lines, eventually
 
 PATTERN = "statemachinepayments"
 NO_EXPIRY = {"PAYMENT_EXPIRY_SECONDS": "3600"}
@@ -50,10 +50,11 @@ def balance(admin: Admin, account: str) -> int:
 
 
 def open_account(ingress: Ingress, admin: Admin, account: str) -> int:
-    """Open the account with a withdrawal that is too large; its balance (unchanged)."""
-    response = ingress.post(f"/Account/{account}/withdraw", json=10**12)
-    assert response.status_code == 200, response.text
-    result = response.json()
+    """Open the account with a payment that is too large (the Account's own handlers are
+    closed to the ingress); its balance (unchanged)."""
+    probe = f"opening-{account}"
+    result = pay(ingress, probe, account, 10**12)
+    assert payment_state(admin, probe) == {}
     assert result["success"] is False
     match = re.fullmatch(r"Insufficient funds: (\d+) cents", result["reason"])
     assert match, result
@@ -369,15 +370,19 @@ def test_bad_payment_is_400_naming_the_field_and_changes_nothing(
     assert pay(ingress, payment_id, account, 100) == SUCCESS
 
 
-def test_bad_amount_for_an_account_is_400_and_changes_nothing(
+def test_account_handlers_and_expire_are_closed_to_the_ingress(
     start_service: StartService, ingress: Ingress, admin: Admin, unique: Callable[[str], str]
 ) -> None:
-    start_service(PATTERN, NO_EXPIRY)
-    account = unique("account")
+    """Only the PaymentProcessor moves money and only its timer expires a payment (the
+    walkthrough and expiry tests show that both still happen)."""
+    service = start_service(PATTERN, NO_EXPIRY)
+    payment_id, account = unique("payment"), unique("account")
     opening = open_account(ingress, admin, account)
-    for handler in ("withdraw", "deposit"):
-        for amount in (0, -1, "5", 2.5, None):
-            response = ingress.post(f"/Account/{account}/{handler}", json=amount)
-            assert response.status_code == 400, f"{handler} {amount!r}: {response.text}"
-            assert "amountCents:" in response.json()["message"]
-    assert balance(admin, account) == opening
+    assert pay(ingress, payment_id, account, 100) == SUCCESS
+    assert_ingress_refuses(ingress, f"/Account/{account}/withdraw", 5)
+    assert_ingress_refuses(ingress, f"/Account/{account}/deposit", 5)
+    assert_ingress_refuses(ingress, f"/PaymentProcessor/{payment_id}/expire")
+    assert balance(admin, account) == opening - 100
+    assert payment_state(admin, payment_id)["status"] == "COMPLETED_SUCCESSFULLY"
+    assert count_lines(service, f"Account {account}: deposited") == 0
+    assert count_lines(service, f"Payment {payment_id} expired") == 0
