@@ -78,7 +78,7 @@ async def expire(ctx: restate.ObjectContext) -> None:
 
 async def send_batch(ctx: restate.ObjectContext, items: list[Any]) -> None:
     logger.info("Sending a batch of %d items", len(items))
-    ctx.object_send(receive_batch, ctx.key(), items)
+    ctx.object_send(receive_batch, ctx.key(), json.dumps(items).encode())
     expiry = await ctx.get(EXPIRY, type_hint=str)
     if expiry is not None and expiry != ctx.request().id:
         ctx.cancel_invocation(expiry)
@@ -86,9 +86,12 @@ async def send_batch(ctx: restate.ObjectContext, items: list[Any]) -> None:
     ctx.clear(EXPIRY)
 
 
-@batch_receiver.handler(name="receive", ingress_private=True)
-async def receive_batch(ctx: restate.ObjectContext, items: list[Any]) -> None:
+@batch_receiver.handler(
+    name="receive", ingress_private=True, input_serde=restate.serde.BytesSerde()
+)
+async def receive_batch(ctx: restate.ObjectContext, body: bytes) -> None:
     """The batches' real destination: here it only logs each batch, once."""
+    items = parse_batch(body)
     await ctx.run_typed("deliver batch", deliver, restate.RunOptions(), ctx.key(), items)
 
 
@@ -100,10 +103,22 @@ def parse_item(body: bytes) -> Any:
     """The item: any JSON value; a body that is not JSON is a 400."""
     try:
         return json.loads(body)
-    except ValueError:
+    # RecursionError: JSON nested deeper than Python's recursion limit (about 1,000 levels)
+    except (ValueError, RecursionError):
         raise restate.TerminalError(
             'item: expected a JSON value, e.g. 123 or {"id": 1}', status_code=400
         ) from None
+
+
+def parse_batch(body: bytes) -> list[Any]:
+    """A batch: a JSON array of items; anything else is a 400."""
+    try:
+        items = json.loads(body)
+    except (ValueError, RecursionError):
+        items = None
+    if not isinstance(items, list):
+        raise restate.TerminalError("items: expected a JSON array, e.g. [1, 2]", status_code=400)
+    return items
 
 
 app = restate.app([batcher, batch_receiver])

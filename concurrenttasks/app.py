@@ -46,7 +46,7 @@ SETTINGS = Settings()
 
 
 class VerifyEmailRequest(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     user_id: str = Field(min_length=1)
@@ -71,7 +71,7 @@ def confirmed(answer: bytes) -> bool:
     """The answer given to the awakeable: JSON `true` or `false`, anything else is an error."""
     try:
         value = json.loads(answer)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         value = None
     if not isinstance(value, bool):
         raise restate.TerminalError(

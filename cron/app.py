@@ -63,7 +63,10 @@ SETTINGS = Settings()
 
 class Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        extra="forbid",  # an unknown field is a 400 that names it
     )
 
 
@@ -293,8 +296,21 @@ async def get_info(ctx: restate.ObjectSharedContext) -> JobInfo:
 task_service = restate.Service("TaskService")
 
 
-@task_service.handler(name="executeTask")
-async def execute_task(ctx: restate.Context, payload: str | None) -> None:
+def parse_payload(body: bytes) -> str | None:
+    """A task's payload: a JSON string, or nothing (no body or `null`); else a 400."""
+    try:
+        payload = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        payload = 0  # not a string: refused below
+    if payload is not None and not isinstance(payload, str):
+        raise bad_request('payload: expected a JSON string, e.g. "Hello new minute!"')
+    return payload
+
+
+@task_service.handler(name="executeTask", input_serde=restate.serde.BytesSerde())
+async def execute_task(ctx: restate.Context, body: bytes) -> None:
+    payload = parse_payload(body)
+
     def run_task() -> None:
         logger.info("Executing task: %s", payload)
 
@@ -304,9 +320,10 @@ async def execute_task(ctx: restate.Context, payload: str | None) -> None:
 task_object = restate.VirtualObject("TaskObject")
 
 
-@task_object.handler(name="executeTask")
-async def execute_object_task(ctx: restate.ObjectContext, payload: str | None) -> int:
+@task_object.handler(name="executeTask", input_serde=restate.serde.BytesSerde())
+async def execute_object_task(ctx: restate.ObjectContext, body: bytes) -> int:
     """The same task on a Virtual Object: counts its runs per key (state `runs`)."""
+    payload = parse_payload(body)
     runs = (await ctx.get("runs", type_hint=int) or 0) + 1
     ctx.set("runs", runs)
 

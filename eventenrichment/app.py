@@ -28,7 +28,10 @@ PACKAGE_INFO = "package-info"
 class Model(BaseModel):
     # camelCase on the wire (finalDestination), snake_case in Python
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        extra="forbid",  # an unknown field is a 400 that names it
     )
 
 

@@ -42,7 +42,7 @@ SETTINGS = Settings()
 
 
 class SocialMediaPost(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     content: str
     metadata: str

@@ -44,7 +44,10 @@ SETTINGS = Settings()
 
 class Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        extra="forbid",  # an unknown field is a 400 that names it
     )
 
 

@@ -27,7 +27,7 @@ logger = restate.getLogger(__name__)
 class TaskOpts(BaseModel):
     """A task: `{"key": "task-1", "taskName": "resize", "payload": "image-17.png"}`."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     key: str
     task_name: str

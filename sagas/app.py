@@ -49,7 +49,7 @@ SETTINGS = Settings()
 
 
 class BookingRequest(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     customer_id: str = Field(min_length=1)
     flight: FlightRequest

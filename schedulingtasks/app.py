@@ -45,7 +45,11 @@ SETTINGS = Settings()
 
 class Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        # Stripe events carry many more fields, and Stripe adds new ones: ignore them
+        extra="ignore",
     )
 
 

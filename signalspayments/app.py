@@ -48,7 +48,7 @@ SETTINGS = Settings()
 
 
 class PaymentRequest(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     payment_method_id: str = Field(min_length=1)
     amount: int = Field(gt=0, description="in cents")

@@ -49,7 +49,10 @@ PaymentStatus = Literal["NEW", "COMPLETED_SUCCESSFULLY", "CANCELLED"]
 
 class Model(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        extra="forbid",  # an unknown field is a 400 that names it
     )
 
 

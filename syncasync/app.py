@@ -80,7 +80,7 @@ def parse_email(body: bytes) -> str:
     """The body is a JSON string holding an e-mail address, or the call is a 400."""
     try:
         email = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         email = None
     if not isinstance(email, str) or "@" not in email:
         raise restate.TerminalError(

@@ -81,15 +81,19 @@ class Admin:
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of a SQL query. Right after a server restart the query engine may still
-        see the old node and answer 500 for a few seconds: such answers are retried."""
+        see the old node and answer 500, or drop the connection, for a few seconds: such
+        answers are retried."""
 
         def attempt() -> httpx.Response | None:
-            response = httpx.post(
-                f"{self.server.admin_url}/query",
-                json={"query": sql},
-                headers={"accept": "application/json"},
-                timeout=HTTP_TIMEOUT,
-            )
+            try:
+                response = httpx.post(
+                    f"{self.server.admin_url}/query",
+                    json={"query": sql},
+                    headers={"accept": "application/json"},
+                    timeout=HTTP_TIMEOUT,
+                )
+            except httpx.TransportError:
+                return None
             if response.status_code >= 500:
                 return None
             assert response.status_code == 200, f"{response.status_code} {response.text}"

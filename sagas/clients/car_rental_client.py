@@ -10,7 +10,7 @@ logger = restate.getLogger(__name__)
 
 
 class CarRequest(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     pickup_location: str = Field(min_length=1)
     rental_date: date

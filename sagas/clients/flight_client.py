@@ -8,7 +8,7 @@ logger = restate.getLogger(__name__)
 
 
 class FlightRequest(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     flight_id: str = Field(min_length=1)
     passenger_name: str = Field(min_length=1)

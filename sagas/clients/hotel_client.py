@@ -10,7 +10,7 @@ logger = restate.getLogger(__name__)
 
 
 class HotelRequest(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     arrival_date: date
     departure_date: date
