@@ -79,7 +79,7 @@ class Admin:
     def __init__(self, server: RestateServer) -> None:
         self.server = server
 
-    def query(self, sql: str) -> list[dict[str, Any]]:
+    def query(self, sql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Rows of a SQL query. Right after a server restart the query engine may still
         see the old node and answer 500, or drop the connection, for a few seconds: such
         answers are retried."""
@@ -92,14 +92,12 @@ class Admin:
                     headers={"accept": "application/json"},
                     timeout=HTTP_TIMEOUT,
                 )
-            except httpx.TransportError:
-                return None
-            if response.status_code >= 500:
-                return None
+            except httpx.TransportError as error:
+                raise AssertionError(f"no answer: {error!r}") from None
             assert response.status_code == 200, f"{response.status_code} {response.text}"
             return response
 
-        response = eventually(attempt, timeout=30, message=f"the admin API answers {sql!r}")
+        response = eventually(attempt, timeout, message=f"the admin API answers {sql!r}")
         rows: list[dict[str, Any]] = response.json()["rows"]
         return rows
 

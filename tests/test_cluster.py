@@ -226,9 +226,12 @@ def test_killing_the_clients_node_loses_and_doubles_nothing(
         )
         assert again.json() == f"{machine} is now running", "a repeated setUp ran again"
         assert admin.state("MachineOperator", machine) == {"state": '"UP"'}
+    # The outcomes above are exactly once. A step's side effect (here a log line) is at least
+    # once: a step whose result its partition's leader had not yet stored when that leader
+    # was killed, or handed its partitions back to the restarted node, runs once more.
     for machine in machines:
         for line in (f"{machine} beginning transition to UP", f"{machine} is now running"):
-            assert count_lines(actors, line) == 1, f"{count_lines(actors, line)} x {line!r}"
+            assert 1 <= count_lines(actors, line) <= 2, f"{count_lines(actors, line)} x {line!r}"
 
     # 6. every reservation: answered true, in the state once, never run a second time
     products = list(stream.answers)

@@ -208,7 +208,8 @@ def opening_balances(payments_service: PatternService, prefix: str) -> dict[str,
 def state_values(admin: Admin, service: str, key: str, prefix: str) -> dict[str, Any]:
     rows = admin.query(
         f"SELECT service_key, value_utf8 FROM state WHERE service_name = '{service}' "
-        f"AND key = '{key}' AND service_key LIKE '{prefix}-%'"
+        f"AND key = '{key}' AND service_key LIKE '{prefix}-%'",
+        timeout=120,  # right after the restart and the load, the query engine may lag
     )
     return {row["service_key"]: json.loads(row["value_utf8"]) for row in rows}
 
