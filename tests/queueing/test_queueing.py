@@ -1,5 +1,6 @@
 """(Delayed) message queue: delayed tasks, deduplication, attach, crashes, bad input."""
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -49,6 +50,7 @@ def test_delayed_task_runs_once_after_the_delay_and_a_second_process_gets_the_re
 ) -> None:
     service = start_service("queueing")
     key = unique("task")
+    began = time.monotonic()
     submitted = run_module(
         "queueing.client", "submit", key, "resize", "image.png", "--delay", "2s", "--no-wait",
         env=client_env,
@@ -57,9 +59,12 @@ def test_delayed_task_runs_once_after_the_delay_and_a_second_process_gets_the_re
     assert submitted.stdout.startswith(f"Task {key} queued as inv_")
     invocation_id = submitted.stdout.split()[-1]
 
-    # queued behind a durable timer, not run yet
-    assert invocation(admin, invocation_id)["status"] == "scheduled"
-    assert task_runs(service, key) == 0
+    # queued behind a durable timer, not run yet (on a machine too busy to look within the
+    # delay, the timestamps below still prove it waited)
+    status = invocation(admin, invocation_id)["status"]
+    if time.monotonic() - began < 1.5:
+        assert status == "scheduled"
+        assert task_runs(service, key) == 0
 
     attached = run_module("queueing.client", "attach", key, env=client_env)
     assert attached.returncode == 0, attached.stderr
