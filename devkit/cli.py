@@ -371,6 +371,12 @@ def _ensure_bench_extras() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     extra = project["project"]["optional-dependencies"]["bench"]
     say(f"[dev] installing the benchmark's extra dependencies: {' '.join(extra)} ...")
+    uv = Path(sys.executable).parent / "uv"  # what ./dev installed the rest with
+    if uv.exists():
+        command = [str(uv), "pip", "install", "--quiet", "--python", sys.executable]
+        if subprocess.run([*command, *extra], check=False).returncode == 0:
+            return
+        say("[dev] installing with pip instead of uv ...")
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     if subprocess.run([*pip, *extra], check=False).returncode != 0:
         raise DevError("pip install of the benchmark's dependencies failed (see above)")
