@@ -14,7 +14,6 @@ as a ratio to the baseline of the same runs. Results: bench/results/latest.{md,p
 """
 
 import contextlib
-import functools
 import importlib.util
 import json
 import os
@@ -43,7 +42,6 @@ from devkit.processes import (
     RestateServer,
     ServerPorts,
     free_port,
-    http_ok,
     register,
 )
 
@@ -182,6 +180,8 @@ class Scenario:
     settings: dict[str, str] = field(default_factory=dict)
     concurrency: int | None = None  # None: the run's concurrency
     unit: str = "invocations/s"
+    per_call: int = 1  # units of work per completed call (subtasks of a fan-out)
+    min_seconds: float = 0  # measure at least this long (calls that take seconds each)
 
 
 # Lua helpers: `prefix` is unique per run, so that every run uses keys of its own.
@@ -209,20 +209,20 @@ SCENARIOS = [
              'return "/FanOutWorker/run", \'{"description": "' + ",".join(
                  f"t{i}" for i in range(10)) + '"}\'',
              settings={"SUBTASK_MIN_DURATION_SECONDS": "0", "SUBTASK_MAX_DURATION_SECONDS": "0"},
-             unit="tasks/s"),
+             concurrency=4, unit="subtasks/s", per_call=10),
     Scenario("parallelizework-100", "FanOutWorker/run, 100 subtasks each (time to aggregate)",
              "parallelizework",
              'return "/FanOutWorker/run", \'{"description": "' + ",".join(
                  f"t{i}" for i in range(100)) + '"}\'',
              settings={"SUBTASK_MIN_DURATION_SECONDS": "0", "SUBTASK_MAX_DURATION_SECONDS": "0"},
-             concurrency=4, unit="tasks/s"),
+             concurrency=2, unit="subtasks/s", per_call=100, min_seconds=6),
     Scenario("statemachinepayments", "PaymentProcessor makePayment, then cancelPayment "
              "(refund), 50 accounts", "statemachinepayments",
              'local id = prefix .. "-" .. math.floor((n + 1) / 2)\n'
              '  if n % 2 == 1 then return "/PaymentProcessor/" .. id .. "/makePayment", '
              'string.format(\'{"accountId": "%s-a%d", "amountCents": 1}\', prefix, n % 50) end\n'
              '  return "/PaymentProcessor/" .. id .. "/cancelPayment", nil',
-             settings={"PAYMENT_EXPIRY_SECONDS": "2"}),
+),
     Scenario("eventenrichment-kafka", "Kafka records -> subscription -> "
              "PackageTracker/updateLocation (state updated), 20 keys", "eventenrichment",
              unit="records/s"),
@@ -281,9 +281,11 @@ SERVINGS = [
     Serving(http11=True),
     Serving(loop="uvloop"),
     Serving(workers=2),
-    Serving(http11=True, loop="uvloop"),
 ]
-SERVING_SCENARIOS = [BASELINE, "durablerpc-distinct"]
+# a short handler, and one with many steps: HTTP/1.1 request/response ends the request at
+# every step that waits for the server (a call's result, an acknowledged step) and resumes
+# by replay, so the two can rank the choices differently
+SERVING_SCENARIOS = [BASELINE, "sagas"]
 
 
 @dataclass
@@ -319,12 +321,20 @@ class LogCounter:
                 self.total += int(match.group(1)) if match.groups() else 1
         return self.total
 
+    def wait_for(self, total: int, deadline: float) -> int:
+        """Read until the count reaches `total` or the clock reaches `deadline`."""
+        while self.read() < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.total
+
 
 # --------------------------------------------------------------------------------------
 # The benchmark
 
 
 class Bench:
+    """One throw-away server; each service is started the first time a scenario needs it."""
+
     def __init__(self, work: Path, args: "Options") -> None:
         self.work = work
         self.opts = args
@@ -334,10 +344,11 @@ class Bench:
         self.wrk, self.wrk_env = wrk_command()
         self.server: RestateServer
         self.broker: kafka.TansuBroker | None = None
+        self.unsettled = 0  # measurements after which invocations were still in flight
 
-    def start(self, scenarios: list[Scenario], servings: list[Serving]) -> None:
+    def start(self, with_kafka: bool) -> None:
         config_file = None
-        if any(s.name == KAFKA_SCENARIO for s in scenarios):
+        if with_kafka:
             self.broker = kafka.TansuBroker(free_port(), self.work / "tansu.log")
             self.started.append(self.broker)
             self.broker.start()
@@ -352,32 +363,33 @@ class Bench:
         )
         self.started.append(self.server)
         self.server.start()
-        wanted = [(s, Serving()) for s in scenarios] + [
-            (s, serving) for s in scenarios if s.name in SERVING_SCENARIOS for serving in servings
-        ]
-        for scenario, serving in wanted:  # start them all, then wait: faster on a busy machine
-            key = (scenario.module, serving)
-            if key not in self.services:
-                self.services[key] = self._launch(scenario, serving, len(self.services))
-        for (module, serving), service in self.services.items():
-            url = service.url
-            health = functools.partial(http_ok, f"{url}/health")
-            service.wait_ready(health, 60, f"{module} at {url}")
-            if serving.default:
-                register(self.server.admin_url, url)
-                self.active[module] = serving
+        self.service(SCENARIOS[0], Serving())
         # A fresh server elects its partition leaders after it reports healthy: wait for a
         # first invocation to go through before measuring anything.
         with httpx.Client(timeout=120) as client:
             client.post(f"{self.server.ingress_url}/Noop/call").raise_for_status()
         if self.broker is not None:
             kafka.create_topic(self.broker.bootstrap, KAFKA_TOPIC)
-            kafka.ensure_subscription(
-                self.server.admin_url, KAFKA_TOPIC, "service://PackageTracker/updateLocation"
-            )
 
-    def _launch(self, scenario: Scenario, serving: Serving, number: int) -> PatternService:
-        """Start the scenario's module served this way (not waiting until it listens)."""
+    def service(self, scenario: Scenario, serving: Serving) -> PatternService:
+        """The scenario's module served this way and registered: new invocations go to it.
+        Started on first use, so that services not being measured do not run meanwhile."""
+        key = (scenario.module, serving)
+        if key not in self.services:
+            self.services[key] = self._launch(scenario, serving)
+            self.active.pop(scenario.module, None)
+        service = self.services[key]
+        if self.active.get(scenario.module) != serving:
+            register(self.server.admin_url, service.url, use_http_11=serving.http11)
+            self.active[scenario.module] = serving
+            if scenario.name == KAFKA_SCENARIO:
+                kafka.ensure_subscription(
+                    self.server.admin_url, KAFKA_TOPIC, "service://PackageTracker/updateLocation"
+                )
+        return service
+
+    def _launch(self, scenario: Scenario, serving: Serving) -> PatternService:
+        number = len(self.started)
         service = PatternService(
             scenario.module, free_port(), self.work / f"service-{number}.log", scenario.settings
         )
@@ -385,20 +397,51 @@ class Bench:
             service.argv = [sys.executable, "-m", "devkit.bench_serve", scenario.module,
                             serving.loop, str(serving.workers)]  # fmt: skip
         self.started.append(service)
-        ManagedProcess.start(service)
+        service.start(timeout=60)
         return service
 
-    def use(self, scenario: Scenario, serving: Serving) -> PatternService:
-        """Register the scenario's service served this way: new invocations go to it."""
-        service = self.services[(scenario.module, serving)]
-        if self.active.get(scenario.module) != serving:
-            register(self.server.admin_url, service.url, use_http_11=serving.http11)
-            self.active[scenario.module] = serving
-        return service
+    def retire(self, scenario: Scenario, serving: Serving) -> None:
+        """Stop a service served another way once its comparison is done."""
+        service = self.services.pop((scenario.module, serving), None)
+        if service is not None:
+            service.stop()
+            self.started.remove(service)
+            if self.active.get(scenario.module) == serving:
+                del self.active[scenario.module]
 
     def stop(self) -> None:
         for process in reversed(self.started):
             process.stop()
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until no invocation is in flight (fan-out subtasks, batches, Kafka records
+        left over), so that one measurement's tail does not load the next one."""
+        sql = ("SELECT count(*) AS n FROM sys_invocation "
+               "WHERE status NOT IN ('completed', 'scheduled')")  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.post(
+                    f"{self.server.admin_url}/query", json={"query": sql},
+                    headers={"accept": "application/json"}, timeout=30,
+                )  # fmt: skip
+                if response.status_code == 200 and response.json()["rows"][0]["n"] == 0:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.unsettled += 1
+        say(f"[bench] invocations still in flight after {timeout:g} s; measuring on")
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            response = httpx.post(
+                f"{self.server.admin_url}/query",
+                json={"query": "SELECT target, status, count(*) AS n FROM sys_invocation "
+                               "WHERE status NOT IN ('completed', 'scheduled') "
+                               "GROUP BY target, status"},
+                headers={"accept": "application/json"}, timeout=30,
+            )  # fmt: skip
+            for row in response.json()["rows"]:
+                say(f"[bench]   {row['n']} x {row['target']} {row['status']}")
 
     # one measurement -------------------------------------------------------------------
 
@@ -427,7 +470,7 @@ class Bench:
         ok = result["requests"] - result["non2xx"]
         latency = {k: result[f"{k}_us"] / 1000 if ok else None for k in ("p50", "p90", "p99")}
         return Sample(
-            throughput=ok / (result["duration_us"] / 1e6),
+            throughput=ok * scenario.per_call / (result["duration_us"] / 1e6),
             completed=ok,
             errors=errors,
             p50_ms=latency["p50"],
@@ -440,37 +483,49 @@ class Bench:
             },
         )
 
-    def measure(self, scenario: Scenario, serving: Serving, warmup: float) -> Sample:
-        service = self.use(scenario, serving)
+    def warm(self, scenario: Scenario, serving: Serving) -> None:
+        """Start (if needed) and warm up a scenario's service; not measured."""
+        service = self.service(scenario, serving)
         if scenario.name == KAFKA_SCENARIO:
-            return self.measure_kafka(service, warmup)
-        if warmup > 0:
-            self.run_wrk(scenario, service, warmup, f"w{uuid.uuid4().hex[:8]}")
-        prefix = f"b{uuid.uuid4().hex[:8]}"
-        if scenario.name != "batcher":
-            return self.run_wrk(scenario, service, self.opts.duration, prefix)
+            # the first records also wait for the consumer to join its group
+            if self._kafka_round(service, 50, timeout=90).completed == 0:
+                raise DevError("no Kafka record reached the service within 90 s")
+        elif self.opts.warmup > 0:
+            self.run_wrk(scenario, service, self.opts.warmup, f"w{uuid.uuid4().hex[:8]}")
+        self.settle()
+
+    def measure(self, scenario: Scenario, serving: Serving) -> Sample:
+        service = self.service(scenario, serving)
+        if scenario.name == KAFKA_SCENARIO:
+            records = max(100, int(self.opts.duration * 100))
+            sample = self._kafka_round(service, records, timeout=max(20, self.opts.duration * 5))
+        elif scenario.name != "batcher":
+            seconds = max(self.opts.duration, scenario.min_seconds)
+            sample = self.run_wrk(scenario, service, seconds, self._prefix())
+        else:
+            sample = self._batcher_round(scenario, service)
+        self.settle()
+        return sample
+
+    @staticmethod
+    def _prefix() -> str:
+        return f"b{uuid.uuid4().hex[:8]}"
+
+    def _batcher_round(self, scenario: Scenario, service: PatternService) -> Sample:
+        """Items/s delivered to BatchReceiver, from the start of the load until the last
+        item sent has been delivered (or 15 s after the load ended)."""
+        prefix = self._prefix()
         delivered = LogCounter(service.log_path, rf"Received batch of (\d+) items for {prefix}-")
         began = time.monotonic()
         sample = self.run_wrk(scenario, service, self.opts.duration, prefix)
-        deadline = time.monotonic() + 15
-        while delivered.read() < sample.completed and time.monotonic() < deadline:
-            time.sleep(0.05)
-        elapsed = time.monotonic() - began
+        delivered.wait_for(sample.completed, time.monotonic() + 15)
         sample.extra = {"receive_calls_per_s": sample.throughput}
-        sample.throughput = delivered.total / elapsed
+        sample.throughput = delivered.total / (time.monotonic() - began)
         return sample
 
-    def measure_kafka(self, service: PatternService, warmup: float) -> Sample:
-        """Records/s from the producer's first record until the last one is in the state."""
-        if warmup > 0:  # the first records also wait for the consumer to join its group
-            warm = self._kafka_round(service, 50, timeout=90)
-            if warm.completed == 0:
-                raise DevError("no Kafka record reached the service within 90 s")
-        records = max(100, int(self.opts.duration * 100))
-        return self._kafka_round(service, records, timeout=max(20, self.opts.duration * 5))
-
     def _kafka_round(self, service: PatternService, records: int, timeout: float) -> Sample:
-        """Produce `records`, wait until all are processed or `timeout` s have passed."""
+        """Produce `records`; records/s from the first one sent until the last one is in
+        the objects' state, or until `timeout` s have passed (the rest count as errors)."""
         assert self.broker is not None
         prefix = f"k{uuid.uuid4().hex[:8]}"
         with httpx.Client(base_url=self.server.ingress_url, timeout=60) as client:
@@ -494,16 +549,14 @@ class Bench:
             ),
         )  # fmt: skip
         after = resource.getrusage(resource.RUSAGE_SELF)
-        deadline = began + timeout
-        while updated.read() < records and time.monotonic() < deadline:
-            time.sleep(0.05)
+        updated.wait_for(records, began + timeout)
         elapsed = time.monotonic() - began
         usage.finish()
         cpu_used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         return Sample(
             throughput=updated.total / elapsed,
             completed=updated.total,
-            errors=records - updated.total,  # not processed within the timeout
+            errors=records - updated.total,
             p50_ms=None,
             p90_ms=None,
             p99_ms=None,
@@ -513,6 +566,18 @@ class Bench:
                 "load": after.ru_maxrss / 1024,
             },
         )
+
+
+def availability(seconds: float = 1.5) -> float:
+    """Share of wall time a busy loop gets: below 1 when the machine (a VM whose host
+    throttles it, or other work) takes the CPU away. Stated with the results."""
+    lost = 0.0
+    began = last = time.monotonic()
+    while (now := time.monotonic()) - began < seconds:
+        if now - last > 0.002:
+            lost += now - last
+        last = now
+    return 1 - lost / (now - began)
 
 
 @dataclass
@@ -534,6 +599,7 @@ def summarise(samples: list[Sample]) -> dict[str, Any]:
         "throughput": _median_range([s.throughput for s in samples]),
         "errors": sum(s.errors for s in samples),
         "completed": sum(s.completed for s in samples),
+        "runs": len(samples),
     }
     for key in ("p50_ms", "p90_ms", "p99_ms"):
         values = [v for s in samples if (v := getattr(s, key)) is not None]
@@ -581,55 +647,108 @@ def machine() -> dict[str, str]:
     }
 
 
+def _ratios(pairs: list[tuple[Sample, Sample]]) -> dict[str, Any]:
+    """Median (min-max) of the ratios of paired samples (measured one right after the
+    other), for throughput and p99: robust where a machine's speed drifts."""
+    out: dict[str, Any] = {}
+    for key in ("throughput", "p99_ms"):
+        values = []
+        for sample, reference in pairs:
+            a, b = getattr(sample, key), getattr(reference, key)
+            if a is not None and b:
+                values.append(a / b)
+        out[key] = _median_range(values) if values else None
+    return out
+
+
+def _line(label: str, unit: str, sample: Sample) -> str:
+    p99 = f"{sample.p99_ms:7.1f} ms" if sample.p99_ms is not None else "      - ms"
+    cpu = " / ".join(f"{sample.cpu[k]:.1f}" for k in ("server", "service", "load"))
+    return (f"{label:<56} {sample.throughput:8.1f} {unit:<18} p99 {p99}  "
+            f"CPU s server/service/load {cpu}")  # fmt: skip
+
+
 def run(names: list[str], opts: Options) -> Path:
-    """Run the benchmark of the baseline and the given patterns (all if none)."""
+    """Benchmark the given patterns (all if none) against the baseline.
+
+    Each scenario is measured in `opts.runs` rounds, each round one baseline measurement
+    and one of the scenario back to back (the order alternating), so that every ratio to
+    the baseline compares two measurements a few seconds apart. Serving choices are
+    compared with the default serving the same way."""
     begin = time.monotonic()
-    chosen = [
-        s for s in SCENARIOS if not names or s.name == BASELINE or {s.module, s.name} & set(names)
-    ]
     unknown = set(names) - {s.module for s in SCENARIOS} - {s.name for s in SCENARIOS}
     if unknown:
         modules = sorted({s.module for s in SCENARIOS} - {"bench.noop"})
         raise DevError(f"no benchmark for {', '.join(sorted(unknown))}; there are: "
                        + ", ".join(modules))  # fmt: skip
+    chosen = [
+        s for s in SCENARIOS if not names or s.name == BASELINE or {s.module, s.name} & set(names)
+    ]
+    by_name = {s.name: s for s in chosen}
+    baseline = by_name[BASELINE]
     serving_scenarios = [s for s in chosen if s.name in SERVING_SCENARIOS]
     servings = [s for s in SERVINGS if not s.default] if opts.serving else []
     info = machine()
+    info["busy loop's share of wall time at start"] = f"{availability():.0%}"
     say(f"[bench] {len(chosen)} scenarios, {len(servings)} other ways of serving "
-        f"{' and '.join(s.name for s in serving_scenarios)}; {opts.runs} runs of "
-        f"{opts.duration:g} s each, concurrency {opts.concurrency}")  # fmt: skip
+        f"{' and '.join(s.name for s in serving_scenarios)}; {opts.runs} rounds of "
+        f"{opts.duration:g} s measurements, concurrency {opts.concurrency}")  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="restate-bench-"))
     bench = Bench(work, opts)
-    samples: dict[str, list[Sample]] = {}
+    samples: dict[str, list[Sample]] = {s.name: [] for s in chosen}
+    pairs: dict[str, list[tuple[Sample, Sample]]] = {}
     serving_samples: dict[tuple[str, str], list[Sample]] = {}
-    try:
-        bench.start(chosen, servings)
-        say(f"[bench] server and {len(bench.services)} services up "
-            f"({time.monotonic() - begin:.0f} s); measuring")  # fmt: skip
-        for number in range(opts.runs):
-            warmup = opts.warmup if number == 0 else 0.0  # later runs: already warm
-            # Kafka last: records it leaves unprocessed would load the other scenarios.
-            plan = [(s, Serving()) for s in chosen if s.name != KAFKA_SCENARIO]
-            plan += [(s, serving) for serving in servings for s in serving_scenarios]
-            plan += [(s, Serving()) for s in chosen if s.name == KAFKA_SCENARIO]
-            for scenario, serving in plan:
-                sample = bench.measure(scenario, serving, warmup)
-                p99 = f"{sample.p99_ms:7.1f} ms" if sample.p99_ms is not None else "      - ms"
+    serving_pairs: dict[tuple[str, str], list[tuple[Sample, Sample]]] = {}
+
+    def paired(
+        first: tuple[Scenario, Serving], second: tuple[Scenario, Serving], rounds: int
+    ) -> list[tuple[Sample, Sample]]:
+        """`rounds` pairs (first, second), measured back to back in alternating order."""
+        out = []
+        for number in range(rounds):
+            order = [first, second] if number % 2 == 0 else [second, first]
+            measured = {}
+            for scenario, serving in order:
+                sample = bench.measure(scenario, serving)
                 label = scenario.name + ("" if serving.default else f" ({serving.name})")
-                cpu = " / ".join(f"{sample.cpu[k]:.1f}" for k in ("server", "service", "load"))
-                say(f"[bench] run {number + 1}/{opts.runs} {label:<52} {sample.throughput:8.1f} "
-                    f"{scenario.unit:<18} p99 {p99}  CPU s server/service/load {cpu}")  # fmt: skip
-                if serving.default:
-                    samples.setdefault(scenario.name, []).append(sample)
-                else:
-                    serving_samples.setdefault((scenario.name, serving.name), []).append(sample)
+                say(f"[bench] round {number + 1}/{rounds} " + _line(label, scenario.unit, sample))
+                measured[(scenario.name, serving)] = sample
+            out.append((measured[(first[0].name, first[1])],
+                        measured[(second[0].name, second[1])]))  # fmt: skip
+        return out
+
+    try:
+        bench.start(with_kafka=KAFKA_SCENARIO in by_name)
+        bench.warm(baseline, Serving())
+        say(f"[bench] server up ({time.monotonic() - begin:.0f} s); measuring")
+        if len(chosen) == 1:  # the baseline alone
+            for _ in range(opts.runs):
+                samples[BASELINE].append(bench.measure(baseline, Serving()))
+        # Kafka last: records it leaves unprocessed would load the other scenarios.
+        ordered = sorted(chosen[1:], key=lambda s: s.name == KAFKA_SCENARIO)
+        for scenario in ordered:
+            bench.warm(scenario, Serving())
+            rounds = paired((scenario, Serving()), (baseline, Serving()), opts.runs)
+            pairs[scenario.name] = rounds
+            samples[scenario.name] += [a for a, _ in rounds]
+            samples[BASELINE] += [b for _, b in rounds]
+        for serving in servings:
+            for scenario in serving_scenarios:
+                bench.warm(scenario, serving)
+                rounds = paired((scenario, serving), (scenario, Serving()), opts.runs)
+                serving_pairs[(scenario.name, serving.name)] = rounds
+                serving_samples[(scenario.name, serving.name)] = [a for a, _ in rounds]
+                default = serving_samples.setdefault((scenario.name, Serving().name), [])
+                default += [b for _, b in rounds]
+                bench.retire(scenario, serving)
+        info["busy loop's share of wall time at end"] = f"{availability():.0%}"
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)
-    for scenario in serving_scenarios:
-        serving_samples[(scenario.name, Serving().name)] = samples[scenario.name]
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     info["wall time"] = f"{time.monotonic() - begin:.0f} s"
+    if bench.unsettled:
+        info["measurements followed by invocations in flight after 30 s"] = str(bench.unsettled)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": info,
@@ -642,12 +761,18 @@ def run(names: list[str], opts: Options) -> Path:
                 "settings": s.settings,
                 "concurrency": s.concurrency or opts.concurrency,
                 **summarise(samples[s.name]),
+                "x_baseline": _ratios(pairs.get(s.name, [])),
             }
             for s in chosen
         ],
         "serving": [
-            {"scenario": scenario, "serving": serving, **summarise(values)}
-            for (scenario, serving), values in serving_samples.items()
+            {
+                "scenario": scenario,
+                "serving": serving,
+                **summarise(values),
+                "x_default": _ratios(serving_pairs.get((scenario, serving), [])),
+            }
+            for (scenario, serving), values in sorted(serving_samples.items())
         ],
     }
     return write_results(result, opts.results)
@@ -667,36 +792,39 @@ def _cell(stat: dict[str, float] | None) -> str:
     return f"{_fmt(stat['median'])} ({_fmt(stat['min'])}-{_fmt(stat['max'])})"
 
 
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}" if base > 0 else "-"
+def _ratio_cell(stat: dict[str, float] | None) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['median']:.2f} ({stat['min']:.2f}-{stat['max']:.2f})"
 
 
 def markdown(result: dict[str, Any]) -> str:
     scenarios = result["scenarios"]
-    base = next(s for s in scenarios if s["name"] == BASELINE)
     opts = result["options"]
     lines = [
         "# Benchmark results",
         "",
-        f"`./dev bench`, {result['date']}. {opts['runs']} interleaved runs of "
-        f"{opts['duration']:g} s per scenario after a warm-up; load from `wrk` "
-        f"(1 thread, {opts['concurrency']} connections unless stated). Medians, (min-max) "
-        "over the runs; x baseline = median / the no-op handler's median of the same runs. "
-        "CPU: seconds used during one run (median), by restate-server, by the scenario's "
-        "service process(es), by the load generator. Peak: highest resident memory seen.",
+        f"`./dev bench`, {result['date']}. Each scenario: {opts['runs']} rounds, each one "
+        f"measurement of {opts['duration']:g} s of the scenario and one of the no-op baseline "
+        "back to back (order alternating), after a warm-up; load from `wrk` (1 thread, "
+        f"{opts['concurrency']} connections unless stated). Medians, (min-max) over the "
+        "measurements. **x baseline**: the median (min-max) of the ratios scenario / "
+        "baseline within each round, so that the machine's drift cancels out; it is the "
+        "figure to compare across machines. CPU: seconds used during one measurement "
+        "(median), by restate-server, by the scenario's service process(es), by the load "
+        "generator. Peak: highest resident memory seen.",
         "",
         "| scenario | throughput | x baseline | p50 ms | p90 ms | p99 ms | p99 x baseline "
         "| CPU s server / service / load | peak MB server / service / load | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
-        ratio = _ratio(s["throughput"]["median"], base["throughput"]["median"])
-        p99_ratio = "-"
-        if s["p99_ms"] and base["p99_ms"]:
-            p99_ratio = _ratio(s["p99_ms"]["median"], base["p99_ms"]["median"])
         cpu = " / ".join(f"{s['cpu_s'][k]:.1f}" for k in ("server", "service", "load"))
         mem = " / ".join(f"{s['peak_mb'][k]:.0f}" for k in ("server", "service", "load"))
         conc = "" if s["concurrency"] == opts["concurrency"] else f", {s['concurrency']} conn."
+        base = s["name"] == BASELINE
+        ratio = "1" if base else _ratio_cell(s["x_baseline"]["throughput"])
+        p99_ratio = "1" if base else _ratio_cell(s["x_baseline"]["p99_ms"])
         lines.append(
             f"| **{s['name']}** | {_cell(s['throughput'])} {s['unit']}{conc} | {ratio} | "
             f"{_cell(s['p50_ms'])} | {_cell(s['p90_ms'])} | {_cell(s['p99_ms'])} | {p99_ratio} "
@@ -713,34 +841,36 @@ def markdown(result: dict[str, Any]) -> str:
         "is in the object's state (the service's log line of each update), or until a "
         "timeout (then the records not yet processed count as errors); no per-record "
         "latency is measured. batcher: items delivered to BatchReceiver per second, from the "
-        "start of the load until the last item sent has been delivered.",
+        "start of the load until the last item sent has been delivered. parallelizework: "
+        "subtasks aggregated per second; its latency is the time to aggregate one run. "
+        "After every measurement the benchmark waits until no invocation is in flight.",
     ]
     if result["serving"]:
         lines += [
             "",
             "## Serving choices",
             "",
-            "The same two handlers served in other ways (same runs, interleaved). "
-            "CPU ms per invocation = CPU seconds of a run / invocations completed in it.",
+            "The same two handlers served in other ways. Each way is measured in rounds "
+            "against the default (HTTP/2, asyncio, 1 worker) back to back; **x default** is "
+            "the median (min-max) of those paired ratios. CPU ms per invocation = CPU "
+            "seconds of the measurements / invocations completed in them.",
             "",
             "| scenario | serving | throughput/s | x default | p50 ms | p99 ms "
-            "| CPU ms/invocation server / service |",
-            "|---|---|---|---|---|---|---|",
+            "| p99 x default | CPU ms/invocation server / service |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        default_name = Serving().name
         for row in result["serving"]:
-            default = next(
-                r for r in result["serving"]
-                if r["scenario"] == row["scenario"] and r["serving"] == default_name
-            )  # fmt: skip
-            ratio = _ratio(row["throughput"]["median"], default["throughput"]["median"])
-            per_run = max(1.0, row["completed"] / opts["runs"])
+            per_run = max(1.0, row["completed"] / max(1, row["runs"]))
             cpu = " / ".join(
                 f"{row['cpu_s'][k] * 1000 / per_run:.2f}" for k in ("server", "service")
             )
+            default = row["serving"] == Serving().name
+            ratio = "1" if default else _ratio_cell(row["x_default"]["throughput"])
+            p99_ratio = "1" if default else _ratio_cell(row["x_default"]["p99_ms"])
             lines.append(
                 f"| {row['scenario']} | {row['serving']} | {_cell(row['throughput'])} | "
-                f"{ratio} | {_cell(row['p50_ms'])} | {_cell(row['p99_ms'])} | {cpu} |"
+                f"{ratio} | {_cell(row['p50_ms'])} | {_cell(row['p99_ms'])} | {p99_ratio} "
+                f"| {cpu} |"
             )
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in result["machine"].items()]
