@@ -897,11 +897,16 @@ def chart(result: dict[str, Any], path: Path) -> None:
         axis.barh(names, medians, xerr=[low, high], color=colors, capsize=3)
         axis.set_title(title)
         axis.grid(axis="x", alpha=0.3)
-        for y, (value, st) in enumerate(zip(medians, stats, strict=True)):
-            axis.text(value, y, f" {_fmt(value)}" if st else " n/a", va="center", fontsize=8)
+        for y, (scenario, st) in enumerate(zip(scenarios, stats, strict=True)):
+            label = " n/a"
+            if st:  # right of the whisker, with the paired ratio to the baseline
+                ratio = scenario["x_baseline"][key]
+                label = f" {_fmt(st['median'])}" + (f"  ({ratio['median']:.2f}x)" if ratio else "")
+            axis.text(st["max"] if st else 0, y, label, va="center", fontsize=8)
+        axis.set_xlim(right=max((st["max"] for st in stats if st), default=1) * 1.3)
 
-    bars(left, "throughput", "throughput per second (median, min-max)")
-    bars(right, "p99_ms", "p99 latency, ms (median, min-max)")
+    bars(left, "throughput", "throughput per second (median, min-max; x baseline)")
+    bars(right, "p99_ms", "p99 latency, ms (median, min-max; x baseline)")
     fig.suptitle(
         f"./dev bench {result['date']}: {result['machine']['cpu']}, "
         f"{result['machine']['cores']} cores (grey: no-op baseline)",
