@@ -53,7 +53,13 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+_BEGIN = time.monotonic()
+
+
 def say(line: str) -> None:
+    """A progress line, with the seconds since the benchmark began after its tag."""
+    if line.startswith("[bench] "):
+        line = f"[bench] {time.monotonic() - _BEGIN:4.0f} s " + line.removeprefix("[bench] ")
     print(line, flush=True)
 
 
@@ -583,8 +589,8 @@ def availability(seconds: float = 1.5) -> float:
 @dataclass
 class Options:
     runs: int = 3
-    duration: float = 3.0
-    warmup: float = 2.0
+    duration: float = 2.0
+    warmup: float = 1.0
     concurrency: int = 16
     serving: bool = True
     results: Path = RESULTS_DIR
@@ -675,7 +681,8 @@ def run(names: list[str], opts: Options) -> Path:
     and one of the scenario back to back (the order alternating), so that every ratio to
     the baseline compares two measurements a few seconds apart. Serving choices are
     compared with the default serving the same way."""
-    begin = time.monotonic()
+    global _BEGIN
+    begin = _BEGIN = time.monotonic()
     unknown = set(names) - {s.module for s in SCENARIOS} - {s.name for s in SCENARIOS}
     if unknown:
         modules = sorted({s.module for s in SCENARIOS} - {"bench.noop"})
