@@ -8,13 +8,18 @@ needed): one native process varying keys per request from a small Lua script, so
 generator is not the bottleneck; its CPU is reported next to the server's.
 
 For every scenario, after a warm-up: completed invocations/s, latency p50/p90/p99 and the
-CPU seconds and peak memory of server, service and load generator. Runs are interleaved
-(every scenario once, then again), medians reported with min-max, and each scenario also
-as a ratio to the baseline of the same runs. Results: bench/results/latest.{md,png,json}.
+CPU seconds and peak memory of server, service and load generator, medians with min-max.
+Each scenario is measured in rounds, each round one measurement of the scenario and one of
+the baseline back to back, and reported as the median of those paired ratios: on a machine
+whose speed drifts (this one is a throttled VM) two measurements seconds apart are
+comparable where absolute figures are not. Serving choices are paired with the default the
+same way. A service runs only from its scenario on, and no invocation is left in flight
+between measurements. Results: bench/results/latest.{md,png,json}.
 """
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -227,8 +232,7 @@ SCENARIOS = [
              'local id = prefix .. "-" .. math.floor((n + 1) / 2)\n'
              '  if n % 2 == 1 then return "/PaymentProcessor/" .. id .. "/makePayment", '
              'string.format(\'{"accountId": "%s-a%d", "amountCents": 1}\', prefix, n % 50) end\n'
-             '  return "/PaymentProcessor/" .. id .. "/cancelPayment", nil',
-),
+             '  return "/PaymentProcessor/" .. id .. "/cancelPayment", nil'),
     Scenario("eventenrichment-kafka", "Kafka records -> subscription -> "
              "PackageTracker/updateLocation (state updated), 20 keys", "eventenrichment",
              unit="records/s"),
@@ -351,6 +355,7 @@ class Bench:
         self.server: RestateServer
         self.broker: kafka.TansuBroker | None = None
         self.unsettled = 0  # measurements after which invocations were still in flight
+        self._numbers = itertools.count()
 
     def start(self, with_kafka: bool) -> None:
         config_file = None
@@ -395,7 +400,7 @@ class Bench:
         return service
 
     def _launch(self, scenario: Scenario, serving: Serving) -> PatternService:
-        number = len(self.started)
+        number = next(self._numbers)  # a log file of its own
         service = PatternService(
             scenario.module, free_port(), self.work / f"service-{number}.log", scenario.settings
         )
