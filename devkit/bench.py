@@ -58,12 +58,12 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-_BEGIN = time.monotonic()
+_BEGIN: float | None = None  # when run() began
 
 
 def say(line: str) -> None:
-    """A progress line, with the seconds since the benchmark began after its tag."""
-    if line.startswith("[bench] "):
+    """A progress line; during a run, with the seconds since it began after its tag."""
+    if _BEGIN is not None and line.startswith("[bench] "):
         line = f"[bench] {time.monotonic() - _BEGIN:4.0f} s " + line.removeprefix("[bench] ")
     print(line, flush=True)
 
