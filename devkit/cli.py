@@ -343,7 +343,7 @@ def cmd_test(pytest_args: list[str], replay_pass: bool) -> int:
     ]
     first_began = time.monotonic()
     results.append(_step("tests", [python, "-m", "pytest", *pytest_args]))
-    # The replay pass takes about as long as the first one (1.1-1.15x measured here): run
+    # The replay pass takes about as long as the first one (0.96-1.13x measured here): run
     # it only if, projected at 1.25x, the whole command stays within the budget, so that
     # `./dev test` stays inside CI's limit (90 min) on a slow or throttled machine.
     budget = float(os.environ.get("PATTERNS_REPLAY_BUDGET_MINUTES", "80"))
