@@ -424,34 +424,32 @@ class Bench:
         for process in reversed(self.started):
             process.stop()
 
+    def _query(self, sql: str) -> list[dict[str, Any]]:
+        """Rows of a SQL query on the admin API (invocations, state)."""
+        response = httpx.post(
+            f"{self.server.admin_url}/query", json={"query": sql},
+            headers={"accept": "application/json"}, timeout=30,
+        )  # fmt: skip
+        response.raise_for_status()
+        rows: list[dict[str, Any]] = response.json()["rows"]
+        return rows
+
     def settle(self, timeout: float = 30) -> None:
         """Wait until no invocation is in flight (fan-out subtasks, batches, Kafka records
         left over), so that one measurement's tail does not load the next one."""
-        sql = ("SELECT count(*) AS n FROM sys_invocation "
-               "WHERE status NOT IN ('completed', 'scheduled')")  # fmt: skip
+        in_flight = "FROM sys_invocation WHERE status NOT IN ('completed', 'scheduled')"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                response = httpx.post(
-                    f"{self.server.admin_url}/query", json={"query": sql},
-                    headers={"accept": "application/json"}, timeout=30,
-                )  # fmt: skip
-                if response.status_code == 200 and response.json()["rows"][0]["n"] == 0:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                if self._query(f"SELECT count(*) AS n {in_flight}")[0]["n"] == 0:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.2)
         self.unsettled += 1
         say(f"[bench] invocations still in flight after {timeout:g} s; measuring on")
         with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
-            response = httpx.post(
-                f"{self.server.admin_url}/query",
-                json={"query": "SELECT target, status, count(*) AS n FROM sys_invocation "
-                               "WHERE status NOT IN ('completed', 'scheduled') "
-                               "GROUP BY target, status"},
-                headers={"accept": "application/json"}, timeout=30,
-            )  # fmt: skip
-            for row in response.json()["rows"]:
+            for row in self._query(
+                f"SELECT target, status, count(*) AS n {in_flight} GROUP BY target, status"
+            ):
                 say(f"[bench]   {row['n']} x {row['target']} {row['status']}")
 
     # one measurement -------------------------------------------------------------------
