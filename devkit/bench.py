@@ -177,6 +177,10 @@ class Usage:
             name: cpu_seconds(pids) - self._start[name] for name, pids in self.groups.items()
         }
 
+    @property
+    def peak_mb(self) -> dict[str, float]:
+        return {name: peak / 2**20 for name, peak in self.peak.items()}
+
 
 # --------------------------------------------------------------------------------------
 # Scenarios
@@ -487,7 +491,7 @@ class Bench:
             p99_ms=latency["p99"],
             cpu={**usage.cpu, "load": rusage.ru_utime + rusage.ru_stime},
             peak_mb={
-                **{k: v / 2**20 for k, v in usage.peak.items()},
+                **usage.peak_mb,
                 "load": rusage.ru_maxrss / 1024,
             },
         )
@@ -571,7 +575,7 @@ class Bench:
             p99_ms=None,
             cpu={**usage.cpu, "load": cpu_used},
             peak_mb={
-                **{k: v / 2**20 for k, v in usage.peak.items()},
+                **usage.peak_mb,
                 "load": after.ru_maxrss / 1024,
             },
         )
