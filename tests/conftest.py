@@ -152,10 +152,18 @@ def server_with_kafka(
 
 @pytest.fixture
 def server(
-    session_server: RestateServer, request: pytest.FixtureRequest
+    session_server: RestateServer, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[RestateServer]:
-    """The server the test's services register with (Kafka tests override this)."""
-    yield from use_server(session_server, request)
+    """The server the test's services register with (Kafka tests override this). A test
+    marked `kills_server` gets a server of its own, which it may kill -9 and restart."""
+    if request.node.get_closest_marker("kills_server") is None:
+        yield from use_server(session_server, request)
+        return
+    own = _start_server(tmp_path / "restate")
+    attach_log(request, own)
+    yield own
+    own.stop()
+    _live.remove(own)
 
 
 @pytest.fixture
