@@ -16,7 +16,7 @@ from typing import Any
 
 import hypercorn.run
 
-from devkit.processes import _die_with_parent
+from devkit.processes import die_with_parent
 
 
 def _log_like_the_serving_file(module: str) -> None:
@@ -35,7 +35,7 @@ def _log_like_the_serving_file(module: str) -> None:
 
 def worker_app() -> Any:
     """The app of BENCH_MODULE, for hypercorn's workers (`devkit.bench_serve:worker_app()`)."""
-    _die_with_parent()
+    die_with_parent()
     module = os.environ["BENCH_MODULE"]
     _log_like_the_serving_file(module)
     return importlib.import_module(f"{module}.app").app

@@ -17,6 +17,7 @@ from devkit.processes import (
     Echo,
     ManagedProcess,
     PatternService,
+    ProcessError,
     RestateServer,
     ServerPorts,
     http_ok,
@@ -332,7 +333,7 @@ def cmd_test(pytest_args: list[str], replay_pass: bool) -> int:
     binaries.ensure_all()  # install before pytest starts, so its timeouts do not include npm
     try:
         bench.wrk_command()  # for the benchmark's smoke test
-    except DevError as error:
+    except ProcessError as error:
         say(f"[dev] no wrk, the benchmark's smoke test will be skipped: {error}")
     python = sys.executable
     code = ["devkit", "tests", "bench", *patterns.known()]
@@ -486,6 +487,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list()
         return cmd_clean(args.all)
-    except DevError as error:
+    except ProcessError as error:
         print(f"dev: {error}", file=sys.stderr)
         return 1

@@ -6,8 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, assert_ingress_refuses, eventually
+from tests.harness import Admin, Ingress, StartService, assert_ingress_refuses, eventually
 
 JSON = {"content-type": "application/json"}
 

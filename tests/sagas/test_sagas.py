@@ -8,8 +8,7 @@ from typing import Any
 import httpx
 
 from devkit.processes import PatternService
-from tests.conftest import StartService
-from tests.harness import Ingress, count_lines, eventually
+from tests.harness import Ingress, StartService, count_lines, eventually
 
 SEED_REQUEST: dict[str, Any] = {
     "customerId": "12345",
