@@ -60,18 +60,17 @@ class ProcessError(RuntimeError):
 
 # --- HTTP ------------------------------------------------------------------------------
 
-_http_lock = threading.Lock()
-_http_client: httpx.Client | None = None
+_per_thread = threading.local()
 
 
 def http() -> httpx.Client:
-    """One client for the whole process: a new httpx client costs ~20 ms of CPU (its TLS
-    context), which polling loops would pay at every call."""
-    global _http_client
-    with _http_lock:
-        if _http_client is None:
-            _http_client = httpx.Client(timeout=HTTP_TIMEOUT)
-        return _http_client
+    """This thread's client, kept for all its calls: a new httpx client costs ~20 ms of CPU
+    (its TLS context), which polling loops would pay at every call. One per thread: a
+    client shared by threads whose requests time out was seen to fail with EBADF."""
+    client: httpx.Client | None = getattr(_per_thread, "client", None)
+    if client is None:
+        client = _per_thread.client = httpx.Client(timeout=HTTP_TIMEOUT)
+    return client
 
 
 def http_ok(url: str) -> bool:

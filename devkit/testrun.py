@@ -197,3 +197,22 @@ def run(args: list[str], replay_pass: bool = True, workers: int | None = None) -
         f"{share_at_start:.0%} at start, {share_at_end:.0%} at end"
     )
     return 1 if failed else 0
+
+
+def save_durations() -> Path:
+    """tests/durations.json from the last run's timings (the longer of the two passes), which
+    the suite reads to hand out the slowest tests first."""
+    durations: dict[str, float] = {}
+    for timings in sorted(LOGS.glob("timings-*.json")):
+        for nodeid, spent in json.loads(timings.read_text(encoding="utf-8")).items():
+            durations[nodeid] = round(max(durations.get(nodeid, 0.0), spent), 1)
+    target = ROOT / "tests" / "durations.json"
+    ordered = dict(sorted(durations.items(), key=lambda item: -item[1]))
+    target.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--save-durations"]:
+        sys.exit("usage: python -m devkit.testrun --save-durations")
+    print(f"wrote {save_durations()}")

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devkit import DevError, identity
+from devkit import identity
 from devkit.processes import PatternService, RestateServer, free_port, register
-from devkit.pytest_restate import StartServer, attach_log
+from devkit.pytest_restate import ProcessError, StartServer, attach_log
 from tests.harness import HTTP_TIMEOUT, Ingress
 
 DISCOVER = {"accept": "application/vnd.restate.endpointmanifest.v3+json"}
@@ -103,7 +103,7 @@ def test_with_identity_signed_calls_work_and_unsigned_ones_are_refused(
     # a request signed with another key is refused too: the server's discovery fails
     other = identity.generate(Path(service.log_path).parent / "other")
     stranger = serve(other.service_settings())
-    with pytest.raises(DevError, match="401"):
+    with pytest.raises(ProcessError, match="401"):
         register(signing_server.admin_url, stranger.url)
 
 
