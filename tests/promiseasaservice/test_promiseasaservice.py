@@ -365,7 +365,7 @@ def test_the_client_library_outside_a_handler(
         resolved = durable_promise(unique("client"), ingress.url)
         waiting = asyncio.gather(resolved.get(), resolved.get())
         assert await resolved.resolve({"n": 1}) == {"n": 1}
-        assert await waiting == [{"n": 1}, {"n": 1}]
+        assert list(await waiting) == [{"n": 1}, {"n": 1}]
         assert await resolved.reject("ignored") == {"n": 1}
         await resolved.dispose()
         assert await resolved.peek() is None
@@ -429,9 +429,12 @@ def test_bad_input_is_400_naming_the_field_and_changes_nothing(
         assert problem in response.json()["message"], f"{handler} {body}: {response.text}"
     for handler in ("peek", "await", "resolve", "reject", "dispose"):
         for content in (b"", b"{not json"):
-            response = ingress.post(f"/durablePromiseServer/{handler}", content=content)
+            response = ingress.post(
+                f"/durablePromiseServer/{handler}", content=content, headers=JSON
+            )
             assert response.status_code == 400, f"{handler} {content!r}: {response.text}"
-            assert "body:" in response.json()["message"] or "request" in response.text
+            # the ingress itself refuses an empty JSON body ("Empty body not allowed")
+            assert "body" in response.json()["message"], response.text
     response = ingress.post(
         "/durablePromiseServer/resolve",
         content=b'{"request": {"promiseName": "%s", "value": 1e400}}' % name.encode(),
@@ -439,8 +442,14 @@ def test_bad_input_is_400_naming_the_field_and_changes_nothing(
     )
     assert response.status_code == 400, response.text
     assert "request.value" in response.json()["message"]
-    for handler, content in [("resolve", b""), ("resolve", b"{x"), ("reject", b"1")]:
-        response = ingress.post(f"/promises/{name}/{handler}", content=content, headers=JSON)
+    for handler, content in [
+        ("resolve", b""),
+        ("resolve", b"{x"),
+        ("reject", b"1"),
+        ("reject", b'""'),
+    ]:
+        headers = JSON if content else None  # the ingress refuses an empty JSON body itself
+        response = ingress.post(f"/promises/{name}/{handler}", content=content, headers=headers)
         assert response.status_code == 400, f"{handler} {content!r}: {response.text}"
         assert response.json()["message"].startswith("Invalid request: body: expected")
     assert state(admin, name) == {}
