@@ -21,6 +21,10 @@ A later resolve or reject changes nothing and answers with the stored outcome. `
 answers `null` while the promise is not completed: "resolved with null" is `{"value": null}`.
 `dispose` rejects the parked awaiters and forgets the promise, so its id can be used again.
 
+`durablePromiseServer` takes the request envelope of the original README
+(`{"request": {"promiseName": ...}}`); `promise` offers the same with the flat body of the
+original's code (`{"promiseId": ...}`).
+
 `qna` shows the promise client used inside a handler (client.py): `ask` waits for the answer
 to a question, `answer` gives it, in any order.
 """
@@ -206,38 +210,23 @@ async def dispose(ctx: restate.ObjectContext) -> None:
     logger.info("Promise %s disposed, %d awaiter(s) rejected", ctx.key(), len(listeners))
 
 
-# --- the HTTP face: the envelope of the original README ------------------------------------
-
-server = restate.Service("durablePromiseServer")
+# --- the HTTP face: the envelope of the original README, and the original code's flat body --
 
 
-@server.handler(name="resolve", input_serde=BYTES, output_serde=BYTES)
-async def server_resolve(ctx: restate.Context, body: bytes) -> bytes:
-    """`{"request": {"promiseName", "value"}}`: resolve; the outcome that holds."""
-    request = parse(ResolveRequest, body).request
-    value = to_json(request.value, "request.value")
-    return await ctx.generic_call("promises", "resolve", value, key=request.promise_name)
+async def resolve_promise(ctx: restate.Context, name: str, value: Any, field: str) -> bytes:
+    return await ctx.generic_call("promises", "resolve", to_json(value, field), key=name)
 
 
-@server.handler(name="reject", input_serde=BYTES, output_serde=BYTES)
-async def server_reject(ctx: restate.Context, body: bytes) -> bytes:
-    """`{"request": {"promiseName", "errorMessage"}}`: reject; the outcome that holds."""
-    request = parse(RejectRequest, body).request
-    message = to_json(request.error_message, "request.errorMessage")
-    return await ctx.generic_call("promises", "reject", message, key=request.promise_name)
+async def reject_promise(ctx: restate.Context, name: str, message: str) -> bytes:
+    return await ctx.generic_call("promises", "reject", json.dumps(message).encode(), key=name)
 
 
-@server.handler(name="peek", input_serde=BYTES, output_serde=BYTES)
-async def server_peek(ctx: restate.Context, body: bytes) -> bytes:
-    """`{"request": {"promiseName"}}`: the outcome, or `null` if not completed."""
-    request = parse(NamedRequest, body).request
-    return await ctx.generic_call("promises", "peek", b"", key=request.promise_name)
+async def peek_promise(ctx: restate.Context, name: str) -> bytes:
+    return await ctx.generic_call("promises", "peek", b"", key=name)
 
 
-@server.handler(name="await", input_serde=BYTES, output_serde=BYTES)
-async def server_await(ctx: restate.Context, body: bytes) -> bytes:
-    """`{"request": {"promiseName"}}`: wait for the outcome (a rejection is a 200 too)."""
-    name = parse(NamedRequest, body).request.promise_name
+async def await_promise(ctx: restate.Context, name: str) -> bytes:
+    """Park an awakeable on the promise and wait for it (a rejection is an outcome too)."""
     awakeable_id, outcome = ctx.awakeable(serde=BYTES)
     parked = json.dumps(awakeable_id).encode()
     now = await ctx.generic_call("promises", "await", parked, key=name)
@@ -261,11 +250,91 @@ async def server_await(ctx: restate.Context, body: bytes) -> bytes:
         raise
 
 
+async def dispose_promise(ctx: restate.Context, name: str) -> None:
+    await ctx.generic_call("promises", "dispose", b"", key=name)
+
+
+server = restate.Service("durablePromiseServer")
+
+
+@server.handler(name="resolve", input_serde=BYTES, output_serde=BYTES)
+async def server_resolve(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"request": {"promiseName", "value"}}`: resolve; the outcome that holds."""
+    request = parse(ResolveRequest, body).request
+    return await resolve_promise(ctx, request.promise_name, request.value, "request.value")
+
+
+@server.handler(name="reject", input_serde=BYTES, output_serde=BYTES)
+async def server_reject(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"request": {"promiseName", "errorMessage"}}`: reject; the outcome that holds."""
+    request = parse(RejectRequest, body).request
+    return await reject_promise(ctx, request.promise_name, request.error_message)
+
+
+@server.handler(name="peek", input_serde=BYTES, output_serde=BYTES)
+async def server_peek(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"request": {"promiseName"}}`: the outcome, or `null` if not completed."""
+    return await peek_promise(ctx, parse(NamedRequest, body).request.promise_name)
+
+
+@server.handler(name="await", input_serde=BYTES, output_serde=BYTES)
+async def server_await(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"request": {"promiseName"}}`: wait for the outcome (a rejection is a 200 too)."""
+    return await await_promise(ctx, parse(NamedRequest, body).request.promise_name)
+
+
 @server.handler(name="dispose", input_serde=BYTES)
 async def server_dispose(ctx: restate.Context, body: bytes) -> None:
     """`{"request": {"promiseName"}}`: reject the awaiters and forget the promise."""
-    request = parse(NamedRequest, body).request
-    await ctx.generic_call("promises", "dispose", b"", key=request.promise_name)
+    await dispose_promise(ctx, parse(NamedRequest, body).request.promise_name)
+
+
+class PromiseId(Model):
+    promise_id: str = Field(min_length=1)
+
+
+class FlatResolve(PromiseId):
+    value: Any  # required, any JSON value, null too
+
+
+class FlatReject(PromiseId):
+    error_message: str = Field(min_length=1)
+
+
+# The same with the flat body of the original's code: {"promiseId": ..., "value": ...}.
+flat = restate.Service("promise")
+
+
+@flat.handler(name="resolve", input_serde=BYTES, output_serde=BYTES)
+async def flat_resolve(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"promiseId", "value"}`: resolve; the outcome that holds."""
+    request = parse(FlatResolve, body)
+    return await resolve_promise(ctx, request.promise_id, request.value, "value")
+
+
+@flat.handler(name="reject", input_serde=BYTES, output_serde=BYTES)
+async def flat_reject(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"promiseId", "errorMessage"}`: reject; the outcome that holds."""
+    request = parse(FlatReject, body)
+    return await reject_promise(ctx, request.promise_id, request.error_message)
+
+
+@flat.handler(name="peek", input_serde=BYTES, output_serde=BYTES)
+async def flat_peek(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"promiseId"}`: the outcome, or `null` if not completed."""
+    return await peek_promise(ctx, parse(PromiseId, body).promise_id)
+
+
+@flat.handler(name="await", input_serde=BYTES, output_serde=BYTES)
+async def flat_await(ctx: restate.Context, body: bytes) -> bytes:
+    """`{"promiseId"}`: wait for the outcome (a rejection is a 200 too)."""
+    return await await_promise(ctx, parse(PromiseId, body).promise_id)
+
+
+@flat.handler(name="dispose", input_serde=BYTES)
+async def flat_dispose(ctx: restate.Context, body: bytes) -> None:
+    """`{"promiseId"}`: reject the awaiters and forget the promise."""
+    await dispose_promise(ctx, parse(PromiseId, body).promise_id)
 
 
 # --- the client inside a handler: questions and answers ------------------------------------
@@ -299,4 +368,4 @@ async def give_answer(ctx: restate.Context, body: bytes) -> dict[str, Any]:
     return {"answer": answer}
 
 
-app = restate.app([promises, server, qna])
+app = restate.app([promises, server, flat, qna])

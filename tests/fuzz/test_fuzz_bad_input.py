@@ -234,6 +234,14 @@ SPECS: dict[str, Spec] = {
     "durablePromiseServer/peek": promise_request(),
     "durablePromiseServer/await": promise_request(),
     "durablePromiseServer/dispose": promise_request(),
+    "promise/resolve": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz", "value": 1}),
+    "promise/reject": Obj(
+        {"promiseId": NONEMPTY, "errorMessage": NONEMPTY},
+        {"promiseId": "fuzz", "errorMessage": "help!"},
+    ),
+    "promise/peek": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz"}),
+    "promise/await": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz"}),
+    "promise/dispose": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz"}),
     "qna/ask": Scalar(nonempty_string),
     "qna/answer": Obj(
         {"questionId": NONEMPTY, "answer": TEXT}, {"questionId": "q1", "answer": "42"}

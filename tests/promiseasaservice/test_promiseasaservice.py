@@ -330,7 +330,8 @@ def test_the_client_demo(
 ) -> None:
     start_service("promiseasaservice")
     name = unique("demo")
-    result = run_module("promiseasaservice.client", name, ingress.url, env=client_env)
+    without_scheme = ingress.url.removeprefix("http://")  # "localhost:8080" works too
+    result = run_module("promiseasaservice.client", name, without_scheme, env=client_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "Peeked value: null",
@@ -339,10 +340,37 @@ def test_the_client_demo(
         "This promise will notify everyone",
     ]
     assert peek(ingress, name) == '{"value":"This promise will notify everyone"}'
-    # the ingress from RESTATE_INGRESS_URL, and a fresh promise id by default
-    again = run_module("promiseasaservice.client", env=client_env)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[0] == "Peeked value: null"
+
+
+def test_the_flat_body_of_the_original_code(
+    start_service: StartService, ingress: Ingress, admin: Admin, unique: Callable[[str], str]
+) -> None:
+    """`promise/*` with `{"promiseId": ...}`: the same promises as durablePromiseServer."""
+    start_service("promiseasaservice")
+    name = unique("flat")
+
+    def flat(handler: str, **body: Any) -> httpx.Response:
+        return ingress.post(f"/promise/{handler}", json={"promiseId": name, **body})
+
+    assert answer(flat("peek")) == "null"
+    waiting = ingress.send("/promise/await", json={"promiseId": name})
+    parked(admin, name)
+    assert answer(flat("resolve", value=None)) == '{"value":null}'
+    assert attach(ingress, waiting).text == '{"value":null}'
+    assert answer(flat("reject", errorMessage="late")) == '{"value":null}'
+    assert peek(ingress, name) == '{"value":null}'  # one promise, two interfaces
+    assert answer(flat("dispose")) == ""
+    assert answer(flat("reject", errorMessage="help!")) == '{"error":"help!"}'
+    assert answer(flat("await")) == '{"error":"help!"}'
+    for handler, body, problem in [
+        ("resolve", {"promiseId": name}, "value: Field required"),
+        ("reject", {"promiseId": name}, "errorMessage: Field required"),
+        ("await", {"promiseName": name}, "promiseId: Field required"),
+    ]:
+        response = ingress.post(f"/promise/{handler}", json=body)
+        assert response.status_code == 400, response.text
+        assert problem in response.json()["message"], response.text
+    assert state(admin, name) == {"value": '{"error":"help!"}'}
 
 
 def test_the_client_library_outside_a_handler(
