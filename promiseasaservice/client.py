@@ -23,8 +23,10 @@ defaults to RESTATE_INGRESS_URL or http://localhost:8080.
 
 import abc
 import asyncio
+import functools
 import json
 import os
+import ssl
 import sys
 import uuid
 from dataclasses import dataclass
@@ -141,6 +143,13 @@ class HandlerPromise(DurablePromise):
         return found
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process: building one (loading the CA certificates) for every
+    client costs far more than the call itself."""
+    return ssl.create_default_context()
+
+
 class IngressPromise(DurablePromise):
     """A promise used from any process: `durablePromiseServer` through Restate's ingress."""
 
@@ -161,7 +170,7 @@ class IngressPromise(DurablePromise):
     async def _call(self, handler: str, waits: bool = False, **fields: Any) -> bytes:
         body = {"request": {"promiseName": self.promise_id, **fields}}
         timeout = self.await_timeout if waits else self.timeout
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with httpx.AsyncClient(timeout=timeout, verify=tls_context()) as client:
             response = await client.post(
                 f"{self.ingress_url}/durablePromiseServer/{handler}", json=body
             )
