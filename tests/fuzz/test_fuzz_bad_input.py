@@ -103,6 +103,11 @@ def json_value(body: bytes) -> bool:
     return loads(body)[0]
 
 
+def nonempty_string(body: bytes) -> bool:
+    ok, value = loads(body)
+    return ok and isinstance(value, str) and value != ""
+
+
 def payload(body: bytes) -> bool:
     ok, value = loads(body)
     return body == b"" or (ok and (value is None or isinstance(value, str)))
@@ -129,6 +134,13 @@ STRIPE_EVENT = Obj(
      "data": {"id": "evt_1JH2Y4F2eZvKYlo2C8b9", "customer": "cus_J5K2Y4F2eZvKYlo2"}},
     extra_allowed=True,  # a Stripe event has many more fields (schedulingtasks/app.py)
 )  # fmt: skip
+
+
+def promise_request(more: dict[str, Field] | None = None, **example: Any) -> Obj:
+    """promiseasaservice's envelope `{"request": {"promiseName": ..., ...}}`."""
+    inner = Obj({"promiseName": NONEMPTY, **(more or {})}, {"promiseName": "fuzz", **example})
+    return Obj({"request": Field(inner)}, {"request": inner.example})
+
 
 # Keys are "Service/handler", or "pattern:Service/handler" where two patterns that are never
 # registered together use the same name for different inputs.
@@ -212,6 +224,30 @@ SPECS: dict[str, Spec] = {
         {"location": "Pinetree Road 5, Paris", "timestamp": "2024-10-10 13:00"},
     ),
     "PackageTracker/getPackageInfo": NoInput(),
+    "promises/resolve": Scalar(json_value, any_json=True),
+    "promises/reject": Scalar(nonempty_string),
+    "promises/peek": NoInput(),
+    "promises/dispose": NoInput(),
+    # `value` takes any JSON value, so the fuzz leaves it as in the example
+    "durablePromiseServer/resolve": promise_request(value={"name": "Barack"}),
+    "durablePromiseServer/reject": promise_request(
+        {"errorMessage": NONEMPTY}, errorMessage="help!"
+    ),
+    "durablePromiseServer/peek": promise_request(),
+    "durablePromiseServer/await": promise_request(),
+    "durablePromiseServer/dispose": promise_request(),
+    "promise/resolve": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz", "value": 1}),
+    "promise/reject": Obj(
+        {"promiseId": NONEMPTY, "errorMessage": NONEMPTY},
+        {"promiseId": "fuzz", "errorMessage": "help!"},
+    ),
+    "promise/peek": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz"}),
+    "promise/await": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz"}),
+    "promise/dispose": Obj({"promiseId": NONEMPTY}, {"promiseId": "fuzz"}),
+    "qna/ask": Scalar(nonempty_string),
+    "qna/answer": Obj(
+        {"questionId": NONEMPTY, "answer": TEXT}, {"questionId": "q1", "answer": "42"}
+    ),
 }
 
 # --- generators ----------------------------------------------------------------------------

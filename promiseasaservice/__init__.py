@@ -1,0 +1,1 @@
+"""Durable promises as a service: write-once promises any process can await, across crashes."""
