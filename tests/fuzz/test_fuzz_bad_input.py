@@ -48,7 +48,8 @@ JSON = "application/json"
 
 @dataclass(frozen=True)
 class Field:
-    """A field of a JSON object: kind "str", "int", "bool", "date" or a nested `Obj`."""
+    """A field of a JSON object: kind "str", "int", "number" (any finite JSON number), "bool",
+    "date" or a nested `Obj`."""
 
     kind: "str | Obj"
     required: bool = True
@@ -106,6 +107,12 @@ def json_value(body: bytes) -> bool:
 def nonempty_string(body: bytes) -> bool:
     ok, value = loads(body)
     return ok and isinstance(value, str) and value != ""
+
+
+def batch_size(body: bytes) -> bool:
+    """ratelimit's expensiveMethodBatch: no body or null (the default), or a count."""
+    ok, value = loads(body)
+    return body == b"" or (ok and (value is None or (type(value) is int and 0 <= value < 2**53)))
 
 
 def payload(body: bytes) -> bool:
@@ -248,6 +255,40 @@ SPECS: dict[str, Spec] = {
     "qna/answer": Obj(
         {"questionId": NONEMPTY, "answer": TEXT}, {"questionId": "q1", "answer": "42"}
     ),
+    "limiter/state": NoInput(),
+    "limiter/tokens": NoInput(),
+    "limiter/reserve": Obj(
+        {
+            "n": Field("int", required=False),
+            "waitLimitMillis": Field("number", required=False, nullable=True),
+        },
+        {"n": 1, "waitLimitMillis": 1000},
+    ),
+    "limiter/setRate": Obj(
+        {
+            "newLimit": Field("number", required=False, nullable=True),
+            "newBurst": Field("int", required=False, nullable=True),
+        },
+        {"newLimit": 1, "newBurst": 1},
+    ),
+    "limiter/cancelReservation": Obj(
+        {
+            "ok": Field("bool"),
+            "tokens": Field("int"),
+            "creationDate": Field("int"),
+            "dateToAct": Field("int"),
+            "limit": Field("number"),
+        },
+        {
+            "ok": True,
+            "tokens": 1,
+            "creationDate": 1764547200000,
+            "dateToAct": 1764547201000,
+            "limit": 1,
+        },
+    ),
+    "ratelimit:myService/expensiveMethod": NoInput(),
+    "ratelimit:myService/expensiveMethodBatch": Scalar(batch_size),
 }
 
 # --- generators ----------------------------------------------------------------------------
@@ -329,6 +370,8 @@ def wrong_value(f: Field) -> st.SearchStrategy[Any]:
         options += [not_numeric, st.integers().filter(lambda v: v not in (0, 1))]
     elif f.kind == "date":
         options += [not_numeric]
+    elif f.kind == "number":
+        options += [not_numeric, st.booleans()]
     if not f.nullable:
         options.append(st.none())
     return st.one_of(options)

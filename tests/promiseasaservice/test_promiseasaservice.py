@@ -12,10 +12,10 @@ import pytest
 
 from devkit.processes import PatternService, RestateServer
 from promiseasaservice.client import Outcome, PromiseRejectedError, durable_promise
-from tests.conftest import StartService
 from tests.harness import (
     Admin,
     Ingress,
+    StartService,
     assert_ingress_refuses,
     count_lines,
     eventually,

@@ -1,0 +1,1 @@
+"""Rate limiting: a token bucket per key; callers wait for their turn with durable sleeps."""
