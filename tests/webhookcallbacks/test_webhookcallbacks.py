@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devkit.processes import PatternService, RestateServer
+from devkit.processes import PatternService, RestateServer, register
 from tests.conftest import StartService
 from tests.harness import Admin, Ingress, count_lines, eventually, restate_cli
 
@@ -473,3 +473,46 @@ def test_an_unsigned_event_in_signed_mode_changes_nothing_even_when_well_formed(
     response = deliver(ingress, event(unique("evt"), "invoice.payment_failed", invoice))
     assert response.status_code == 400
     assert tracker_calls(admin, invoice) == 0
+
+
+# --- the schedulingtasks tracker behind the router ------------------------------------------
+
+
+def test_the_router_feeds_the_schedulingtasks_tracker_unchanged(
+    start_service: StartService,
+    server: RestateServer,
+    ingress: Ingress,
+    admin: Admin,
+    unique: Callable[[str], str],
+) -> None:
+    """Registered after this pattern, the schedulingtasks PaymentTracker takes the router's
+    events as they are; registering this pattern again switches back."""
+    router = start_service("webhookcallbacks", UNSIGNED)
+    scheduling = start_service(
+        "schedulingtasks", {"REMINDER_INTERVAL_SECONDS": "0.5", "MAX_REMINDERS": "1"}
+    )
+    invoice, evt = unique("invoice"), unique("evt")
+    assert deliver(ingress, event(f"{evt}_1", "invoice.payment_failed", invoice)).status_code == 200
+    eventually(
+        lambda: count_lines(scheduling, f"Escalating {evt}_1 invoice to support team") == 1,
+        message="the scheduling tracker's reminder chain ran to its end",
+    )
+    eventually(lambda: tracker_calls(admin, invoice, "completed") == 2, message="chain ended")
+    assert count_lines(scheduling, f"Sending reminder email for event {evt}_1") == 1
+    assert count_lines(router, failure_logged(invoice, f"{evt}_1")) == 0
+    assert admin.state("PaymentTracker", invoice)["reminder_count"] == "1"
+
+    # the payment, then this pattern's tracker again
+    assert (
+        deliver(ingress, event(f"{evt}_2", "invoice.payment_succeeded", invoice)).status_code == 200
+    )
+    eventually(lambda: admin.state("PaymentTracker", invoice).get("paid") == "true",
+               message="the scheduling tracker recorded the payment")  # fmt: skip
+    register(server.admin_url, router.url)
+    late = event(f"{evt}_3", "invoice.payment_failed", invoice)
+    assert deliver(ingress, late).status_code == 200
+    eventually(
+        lambda: count_lines(router, f"Invoice {invoice} is paid already; event {evt}_3 ignored"),
+        message="this pattern's tracker, reading the state the other one wrote",
+    )
+    assert tracker_calls(admin, invoice) == 4
