@@ -149,6 +149,17 @@ def promise_request(more: dict[str, Field] | None = None, **example: Any) -> Obj
     return Obj({"request": Field(inner)}, {"request": inner.example})
 
 
+STRIPE_WEBHOOK_EVENT = Obj(
+    {"id": NONEMPTY, "type": TEXT, "created": Field("int"),
+     "data": Field(Obj(
+         {"object": Field(Obj({"id": NONEMPTY, "customer": TEXT},
+                              {"id": "invoice123", "customer": "cus_1"}, extra_allowed=True))},
+         {"object": {"id": "invoice123", "customer": "cus_1"}}, extra_allowed=True))},
+    {"id": "evt_1", "type": "invoice.payment_failed", "created": 1633025000,
+     "data": {"object": {"id": "invoice123", "customer": "cus_1"}}},
+    extra_allowed=True,  # a Stripe event as the webhook delivers it (webhookcallbacks/app.py)
+)  # fmt: skip
+
 # Keys are "Service/handler", or "pattern:Service/handler" where two patterns that are never
 # registered together use the same name for different inputs.
 # Ingress-private handlers (Account/*, BatchReceiver/receive, CronJob/initiate|execute,
@@ -219,6 +230,7 @@ SPECS: dict[str, Spec] = {
         {"paymentMethodId": "pm_card_visa", "amount": 109, "delayedStatus": True},
     ),
     "PaymentService/processWebhook": Signed(),
+    "WebhookCallbackRouter/onStripeEvent": STRIPE_WEBHOOK_EVENT,  # unsigned: no secret set
     "UserFeed/processPost": Obj(
         {"content": TEXT, "metadata": TEXT},
         {"content": "Hi! This is my first post!", "metadata": "public"},
