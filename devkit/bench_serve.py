@@ -1,9 +1,10 @@
 """Serve a pattern with another event loop or several hypercorn workers (`./dev bench`).
 
-`python -m devkit.bench_serve <module> <asyncio|uvloop> <workers>`. With one worker it
-runs the pattern's own `__main__.py` unchanged, only with the chosen event loop; with
-more, hypercorn's worker processes serve the pattern's app with the hypercorn settings of
-that same file. The benchmark compares these with the plain `python -m <pattern>`.
+`BENCH_LOOP=uvloop BENCH_WORKERS=2 python -m devkit.bench_serve <module>` (defaults:
+asyncio, 1). With one worker it runs the pattern's own `__main__.py` unchanged, only with
+the chosen event loop; with more, hypercorn's worker processes serve the pattern's app with
+the hypercorn settings of that same file. The benchmark compares these with the plain
+`python -m <pattern>` (the ways of serving in devkit/bench/scenarios.py).
 """
 
 import asyncio
@@ -61,4 +62,8 @@ def main(module: str, loop: str, workers: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(
+        sys.argv[1],
+        os.environ.get("BENCH_LOOP", "asyncio"),
+        int(os.environ.get("BENCH_WORKERS", "1")),
+    )

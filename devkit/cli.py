@@ -457,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     perf.add_argument(
         "--no-serving", action="store_true", help="skip the comparison of serving choices"
     )
+    perf.add_argument(
+        "--no-typescript",
+        action="store_true",
+        help="skip the TypeScript twins (else Node 24 and the SDK are installed on first use)",
+    )
     perf.add_argument("--results", type=Path, default=defaults.results, help="output folder")
     commands.add_parser("list", help="list the patterns")
     clean = commands.add_parser("clean", help="wipe the local Restate state (.restate/)")
@@ -480,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=args.warmup,
                     concurrency=args.concurrency,
                     serving=not args.no_serving,
+                    typescript=not args.no_typescript,
                     results=args.results,
                 ),
             )

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from devkit import ROOT, DevError
+from devkit import ROOT, DevError, binaries
 
 Echo = Callable[[str], None]
 
@@ -240,6 +241,24 @@ class RestateServer(ManagedProcess):
         self.ingress_url = f"http://127.0.0.1:{ports.ingress}"
         self.admin_url = f"http://127.0.0.1:{ports.admin}"
 
+    @classmethod
+    def on_free_ports(
+        cls,
+        base_dir: Path,
+        settings: dict[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> "RestateServer":
+        """A server (not yet started) on free loopback ports, its state in `base_dir` and
+        its log in `base_dir/server.log`: the throw-away server of a test or a benchmark."""
+        return cls(
+            binaries.find(binaries.SERVER),
+            base_dir,
+            ServerPorts.free(),
+            base_dir / "server.log",
+            settings=settings,
+            config_file=config_file,
+        )
+
     def start(self, timeout: float = 60.0) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         super().start()
@@ -325,3 +344,35 @@ def register(
             break
         time.sleep(0.5)
     raise DevError(f"registering {service_uri} at {admin_url} failed: {problem}")
+
+
+def admin_query(admin_url: str, sql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Rows of a SQL query on the admin API (`sys_invocation`, `state`, `sys_journal` ...).
+
+    Right after a server (re)start the query engine may still see the old node and answer
+    5xx, or drop the connection, for a few seconds: such answers are retried until
+    `timeout` seconds have passed, then DevError. A 4xx (a malformed query) fails at once.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.05  # grows to 0.25 s, as tests.harness.eventually does
+    while True:
+        try:
+            response = httpx.post(
+                f"{admin_url}/query",
+                json={"query": sql},
+                headers={"accept": "application/json"},
+                timeout=max(1.0, min(30.0, timeout)),
+            )
+            if response.status_code == 200:
+                rows: list[dict[str, Any]] = response.json()["rows"]
+                return rows
+            problem = f"{response.status_code} {response.text}"
+            if response.status_code < 500:
+                break
+        except httpx.TransportError as error:
+            problem = f"no answer: {error!r}"
+        if time.monotonic() > deadline:
+            break
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.25)
+    raise DevError(f"the admin API at {admin_url} did not answer {sql!r}: {problem}")
