@@ -330,10 +330,11 @@ def _step(title: str, argv: list[str], env: dict[str, str] | None = None) -> boo
 def cmd_test(pytest_args: list[str], replay_pass: bool) -> int:
     begin = time.monotonic()
     binaries.ensure_all()  # install before pytest starts, so its timeouts do not include npm
-    try:
-        bench.wrk_command()  # for the benchmark's smoke test
+    try:  # for the benchmark's smoke test
+        bench.wrk_command()
+        bench.typescript.ensure()
     except DevError as error:
-        say(f"[dev] no wrk, the benchmark's smoke test will be skipped: {error}")
+        say(f"[dev] the benchmark's smoke test will be skipped: {error}")
     python = sys.executable
     code = ["devkit", "tests", "bench", *patterns.known()]
     results = [
@@ -458,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-serving", action="store_true", help="skip the comparison of serving choices"
     )
     perf.add_argument(
+        "--servings",
+        default="",
+        help="compare only these serving choices, e.g. http11,granian (of "
+        + ", ".join(s.key for s in bench.SERVINGS)
+        + ")",
+    )
+    perf.add_argument(
         "--no-typescript",
         action="store_true",
         help="skip the TypeScript twins (else Node 24 and the SDK are installed on first use)",
@@ -485,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=args.warmup,
                     concurrency=args.concurrency,
                     serving=not args.no_serving,
+                    servings=tuple(key for key in args.servings.split(",") if key),
                     typescript=not args.no_typescript,
                     results=args.results,
                 ),

@@ -301,11 +301,11 @@ class PatternService(ManagedProcess):
 
     def start(self, timeout: float = 30.0) -> None:
         super().start()
-        self.wait_ready(
-            lambda: http_ok(f"{self.url}/health"),
-            timeout,
-            f"python -m {self.name} to listen on port {self.port}",
-        )
+        self.wait_ready(self.ready, timeout, f"python -m {self.name} to listen on port {self.port}")
+
+    def ready(self) -> bool:
+        """Answering its health check."""
+        return http_ok(f"{self.url}/health")
 
     def restart(self) -> None:
         self.stop()

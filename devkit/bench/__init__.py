@@ -15,6 +15,7 @@ One module per job:
 - `report`: summaries, paired ratios, and bench/results/latest.{json,md,png}.
 """
 
+from devkit.bench import typescript
 from devkit.bench.meter import availability
 from devkit.bench.report import cell
 from devkit.bench.runner import Options, run
@@ -31,5 +32,6 @@ __all__ = [
     "availability",
     "cell",
     "run",
+    "typescript",
     "wrk_command",
 ]

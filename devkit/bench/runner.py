@@ -53,6 +53,7 @@ from devkit.processes import (
 
 Served = PatternService | typescript.TsService
 Arm = tuple[Scenario, Serving]
+ServiceKey = tuple[str, tuple[tuple[str, str], ...], Serving]  # module, settings, serving
 
 _BEGIN: float | None = None  # when run() began
 
@@ -71,6 +72,7 @@ class Options:
     warmup: float = 1.0
     concurrency: int = 16
     serving: bool = True  # compare the ways of serving (SERVINGS)
+    servings: tuple[str, ...] = ()  # only these of them (Serving.key); all if empty
     typescript: bool = True  # measure the TypeScript twins side by side
     results: Path = report.RESULTS_DIR
 
@@ -109,8 +111,8 @@ class Bench:
         self.work = work
         self.opts = opts
         self.started: list[ManagedProcess] = []
-        self.services: dict[tuple[str, Serving], Served] = {}
-        self.active: dict[str, Serving] = {}  # module -> the serving registered last
+        self.services: dict[ServiceKey, Served] = {}
+        self.active: dict[str, ServiceKey] = {}  # module -> the service registered last
         self.wrk, self.wrk_env = wrk.wrk_command()
         self.node: Path | None = None  # set once the TypeScript side is installed
         self.server: RestateServer
@@ -139,17 +141,20 @@ class Bench:
 
     # services ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _key(scenario: Scenario, serving: Serving) -> ServiceKey:
+        return (scenario.module, tuple(sorted(scenario.settings.items())), serving)
+
     def service(self, scenario: Scenario, serving: Serving) -> Served:
         """The scenario's module served this way and registered: new invocations go to it.
         Started on first use, so that services not being measured do not run meanwhile."""
-        key = (scenario.module, serving)
+        key = self._key(scenario, serving)
         if key not in self.services:
-            self.services[key] = self._launch(scenario, serving)
-            self.active.pop(scenario.module, None)
+            self.prepare([(scenario, serving)])
         service = self.services[key]
-        if self.active.get(scenario.module) != serving:
+        if self.active.get(scenario.module) != key:
             self._register(service, serving)
-            self.active[scenario.module] = serving
+            self.active[scenario.module] = key
             if scenario.feed is not None:
                 assert self.broker is not None
                 kafka.create_topic(self.broker.bootstrap, scenario.feed.topic)
@@ -169,31 +174,47 @@ class Bench:
                 if uri.raise_for_status().json().get("uri", "").rstrip("/") != service.url:
                     raise DevError(f"{name} is not routed to {service.url} after registering")
 
-    def _launch(self, scenario: Scenario, serving: Serving) -> Served:
+    def prepare(self, arms: list[Arm]) -> None:
+        """Start the services of these arms that are not running, side by side (a Python
+        service takes seconds to start on a busy machine); not registered yet."""
+        new = {}
+        for scenario, serving in arms:
+            key = self._key(scenario, serving)
+            if key not in self.services and key not in new:
+                new[key] = self._service_for(scenario, serving)
+        self.started += new.values()
+        # Spawned here, not in threads: a child is killed when the thread that started it
+        # ends (PR_SET_PDEATHSIG, see devkit.processes). They start while we wait.
+        for service in new.values():
+            ManagedProcess.start(service)
+        for service in new.values():
+            service.wait_ready(service.ready, 60, f"{service.name} to listen on {service.url}")
+        self.services.update(new)
+
+    def _service_for(self, scenario: Scenario, serving: Serving) -> Served:
         log = self.work / f"service-{next(self._numbers)}.log"  # a log file of its own
-        service: Served
         if scenario.runtime is Runtime.TYPESCRIPT:
             if self.node is None:
                 self.node = typescript.ensure()
-            service = typescript.TsService(self.node, free_port(), log)
-        else:
-            service = PatternService(
-                scenario.module, free_port(), log, {**scenario.settings, **dict(serving.env)}
-            )
-            if serving.wrapped:
-                service.argv = [sys.executable, "-m", "devkit.bench_serve", scenario.module]
-        self.started.append(service)
-        service.start(timeout=60)
+            return typescript.TsService(self.node, free_port(), log)
+        env = {**scenario.settings, **dict(serving.env)}
+        service = PatternService(scenario.module, free_port(), log, env)
+        if serving.wrapped:
+            service.argv = [sys.executable, "-m", "devkit.bench_serve", scenario.module]
         return service
 
-    def retire(self, scenario: Scenario, serving: Serving) -> None:
-        """Stop a service once its block is done."""
-        service = self.services.pop((scenario.module, serving), None)
-        if service is not None:
-            service.stop()
+    def retire(self, arms: list[Arm]) -> None:
+        """Stop the services of these arms (all at once) once their block is done."""
+        keys = {self._key(*arm) for arm in arms} & set(self.services)
+        stopping = [self.services.pop(key) for key in keys]
+        for service in stopping:
+            service.request_stop()
+        for service in stopping:
+            service.finish_stop()
             self.started.remove(service)
-            if self.active.get(scenario.module) == serving:
-                del self.active[scenario.module]
+        for module, key in list(self.active.items()):
+            if key in keys:
+                del self.active[module]
 
     def stop(self) -> None:
         for process in reversed(self.started):
@@ -349,6 +370,10 @@ def run(names: list[str], opts: Options) -> Path:
     global _BEGIN
     begin = _BEGIN = time.monotonic()
     chosen = _chosen(names)
+    unknown = set(opts.servings) - {s.key for s in SERVINGS}
+    if unknown:
+        raise DevError(f"no serving {', '.join(sorted(unknown))}; there are: "
+                       + ", ".join(s.key for s in SERVINGS))  # fmt: skip
     baseline = chosen[0]
     twins = {t.name: t for t in TWINS}
     skipped: list[str] = []
@@ -361,7 +386,7 @@ def run(names: list[str], opts: Options) -> Path:
         """The other ways of serving measured with `scenario`: all of SERVINGS, or with
         the comparison off those its twin is compared under; those available here."""
         if opts.serving:
-            wanted = SERVINGS
+            wanted = [s for s in SERVINGS if not opts.servings or s.key in opts.servings]
         elif scenario.twin and not ts_missing:
             wanted = [s for s in TWIN_SERVINGS if s != DEFAULT]
         else:
@@ -426,12 +451,12 @@ def run(names: list[str], opts: Options) -> Path:
                 ]
             if len(arms) == 1 and samples.get(own):
                 continue  # the baseline alone, already measured in other blocks
+            bench.prepare(arms)
             for arm in arms:
                 bench.warm(*arm)
             block(arms, references)
-            for arm in arms:
-                if arm != (baseline, DEFAULT):
-                    bench.retire(*arm)
+            # the baseline and the TypeScript twins (one process) serve the next blocks too
+            bench.retire([a for a in arms if a != (baseline, DEFAULT) and a[0].name not in twins])
         info["busy loop's share of wall time at end"] = f"{meter.availability():.0%}"
     finally:
         bench.stop()

@@ -130,6 +130,7 @@ class Serving:
     process, the registration's options, and what it needs to be available."""
 
     name: str
+    key: str  # short name, for `./dev bench --servings http11,granian`
     env: tuple[tuple[str, str], ...] = ()  # added to the service's environment
     use_http_11: bool = False  # registration: request/response over HTTP/1.1
     # served by devkit.bench_serve (hypercorn's event loop and workers, from BENCH_LOOP and
@@ -150,13 +151,13 @@ class Serving:
         return ""
 
 
-DEFAULT = Serving("hypercorn, HTTP/2, asyncio, 1 worker")
-GRANIAN = Serving("granian, HTTP/2", env=(("SERVER", "granian"),), server="granian")
+DEFAULT = Serving("hypercorn, HTTP/2, asyncio, 1 worker", "default")
+GRANIAN = Serving("granian, HTTP/2", "granian", env=(("SERVER", "granian"),), server="granian")
 # Every scenario is also measured in these ways, each paired with DEFAULT round by round.
 SERVINGS = [
-    Serving("hypercorn, HTTP/1.1 request/response", use_http_11=True),
-    Serving("hypercorn, HTTP/2, uvloop", env=(("BENCH_LOOP", "uvloop"),), wrapped=True),
-    Serving("hypercorn, HTTP/2, 2 workers", env=(("BENCH_WORKERS", "2"),), wrapped=True),
+    Serving("hypercorn, HTTP/1.1 request/response", "http11", use_http_11=True),
+    Serving("hypercorn, HTTP/2, uvloop", "uvloop", env=(("BENCH_LOOP", "uvloop"),), wrapped=True),
+    Serving("hypercorn, HTTP/2, 2 workers", "workers2", (("BENCH_WORKERS", "2"),), wrapped=True),
     GRANIAN,
 ]
 # The Python scenarios with a twin are compared with it served in these ways.

@@ -114,9 +114,10 @@ class TsService(ManagedProcess):
     def start(self, timeout: float = 30.0) -> None:
         super().start()
         # it speaks HTTP/2 only (prior knowledge): wait until it accepts connections
-        self.wait_ready(self._listening, timeout, f"node serve.mjs to listen on {self.port}")
+        self.wait_ready(self.ready, timeout, f"node serve.mjs to listen on {self.port}")
 
-    def _listening(self) -> bool:
+    def ready(self) -> bool:
+        """Accepting connections."""
         with socket.socket() as s:
             s.settimeout(1.0)
             return s.connect_ex(("127.0.0.1", self.port)) == 0
