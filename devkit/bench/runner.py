@@ -508,8 +508,9 @@ def _result(
                 "twin": s.twin,
                 "serving": serving.name,
                 "server": serving.server,
-                "python": report.summarise(samples[(s, serving)]),
-                "typescript": report.summarise(samples[(twins[s.twin], DEFAULT)]),
+                # both sides over the rounds they were paired in
+                "python": report.summarise([a for a, _ in found]),
+                "typescript": report.summarise([b for _, b in found]),
                 "x_typescript": report.ratios(found),
             }
             for s in chosen
@@ -526,7 +527,20 @@ def _result(
             }
             for s in chosen
             for serving in [DEFAULT, *SERVINGS]
-            if (values := samples.get((s, serving)))
-            and (serving != DEFAULT or any(((s, o), (s, DEFAULT)) in pairs for o in SERVINGS))
+            if (values := _serving_samples(s, serving, pairs))
         ],
     }
+
+
+def _serving_samples(
+    scenario: Scenario, serving: Serving, pairs: dict[tuple[Arm, Arm], list[tuple[Sample, Sample]]]
+) -> list[Sample]:
+    """The measurements of `scenario` served this way in the rounds that compared ways of
+    serving it (for the default: once each, though every other way was paired with it)."""
+    if serving != DEFAULT:
+        return [a for a, _ in pairs.get(((scenario, serving), (scenario, DEFAULT)), [])]
+    unique: dict[int, Sample] = {}
+    for other in SERVINGS:
+        for _, reference in pairs.get(((scenario, other), (scenario, DEFAULT)), []):
+            unique.setdefault(id(reference), reference)
+    return list(unique.values())

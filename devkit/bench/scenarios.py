@@ -127,7 +127,7 @@ SCENARIOS = [
 @dataclass(frozen=True)
 class Serving:
     """One way of serving and registering a Python service: the environment of its
-    process, the registration's options, and what it needs to be available."""
+    process, the registration's options, and what the serving file must support."""
 
     name: str
     key: str  # short name, for `./dev bench --servings http11,granian`
@@ -136,29 +136,42 @@ class Serving:
     # served by devkit.bench_serve (hypercorn's event loop and workers, from BENCH_LOOP and
     # BENCH_WORKERS) instead of the module's own `python -m <module>`
     wrapped: bool = False
-    # SERVER=<value> is read by each pattern's __main__.py; it must know that server
-    server: str = "hypercorn"
+    # the Python package this needs, and the variables the module's __main__.py must read
+    package: str = "hypercorn"
+    reads: tuple[str, ...] = ()
+
+    @property
+    def server(self) -> str:
+        return dict(self.env).get("SERVER", "hypercorn")
 
     def missing(self, module: str) -> str:
         """Why this serving cannot serve `module` here ("" if it can)."""
-        if self.server == "hypercorn":
-            return ""
         main = (ROOT / module.replace(".", "/") / "__main__.py").read_text(encoding="utf-8")
-        if "SERVER" not in main or self.server not in main:
-            return f"the serving file does not read SERVER={self.server} yet"
-        if importlib.util.find_spec(self.server) is None:
-            return f"{self.server} is not installed"
+        unread = [name for name in self.reads if name not in main]
+        if unread:
+            return f"the serving file does not read {', '.join(unread)} yet"
+        if importlib.util.find_spec(self.package) is None:
+            return f"{self.package} is not installed"
         return ""
 
 
-DEFAULT = Serving("hypercorn, HTTP/2, asyncio, 1 worker", "default")
-GRANIAN = Serving("granian, HTTP/2", "granian", env=(("SERVER", "granian"),), server="granian")
+# LOOP: read by the serving file once it chooses the event loop (else ignored; the
+# wrapper's BENCH_LOOP sets the loop then), so that each way names its loop.
+ASYNCIO = ("LOOP", "asyncio")
+UVLOOP = ("LOOP", "uvloop")
+DEFAULT = Serving("hypercorn, HTTP/2, asyncio, 1 worker", "default", env=(ASYNCIO,))
+GRANIAN = Serving("granian, HTTP/2, asyncio", "granian", env=(("SERVER", "granian"), ASYNCIO),
+                  package="granian", reads=("SERVER",))  # fmt: skip
 # Every scenario is also measured in these ways, each paired with DEFAULT round by round.
 SERVINGS = [
-    Serving("hypercorn, HTTP/1.1 request/response", "http11", use_http_11=True),
-    Serving("hypercorn, HTTP/2, uvloop", "uvloop", env=(("BENCH_LOOP", "uvloop"),), wrapped=True),
-    Serving("hypercorn, HTTP/2, 2 workers", "workers2", (("BENCH_WORKERS", "2"),), wrapped=True),
+    Serving("hypercorn, HTTP/1.1 request/response", "http11", env=(ASYNCIO,), use_http_11=True),
+    Serving("hypercorn, HTTP/2, uvloop", "uvloop", env=(UVLOOP, ("BENCH_LOOP", "uvloop")),
+            wrapped=True, package="uvloop"),
+    Serving("hypercorn, HTTP/2, 2 workers", "workers2", env=(ASYNCIO, ("BENCH_WORKERS", "2")),
+            wrapped=True),
     GRANIAN,
-]
+    Serving("granian, HTTP/2, uvloop", "granian-uvloop", env=(("SERVER", "granian"), UVLOOP),
+            package="granian", reads=("SERVER", "LOOP")),
+]  # fmt: skip
 # The Python scenarios with a twin are compared with it served in these ways.
 TWIN_SERVINGS = [DEFAULT, GRANIAN]
