@@ -449,8 +449,8 @@ def run(names: list[str], opts: Options) -> Path:
                     for serving in TWIN_SERVINGS
                     if (scenario, serving) in arms
                 ]
-            if len(arms) == 1 and samples.get(own):
-                continue  # the baseline alone, already measured in other blocks
+            if len(arms) == 1 and len(chosen) > 1:
+                continue  # the baseline alone: it is measured in the other blocks
             bench.prepare(arms)
             for arm in arms:
                 bench.warm(*arm)
