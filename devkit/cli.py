@@ -449,11 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     perf.add_argument("patterns", nargs="*", help="only these patterns (and the baseline)")
     defaults = bench.Options()
-    perf.add_argument("--runs", type=int, default=defaults.runs, help="interleaved runs")
+    perf.add_argument("--runs", type=int, default=defaults.runs, help="rounds per scenario")
     perf.add_argument(
         "--duration", type=float, default=defaults.duration, help="seconds per measurement"
     )
-    perf.add_argument("--warmup", type=float, default=defaults.warmup, help="seconds, run 1")
+    perf.add_argument("--warmup", type=float, default=defaults.warmup, help="warm-up seconds")
     perf.add_argument("--concurrency", type=int, default=defaults.concurrency)
     perf.add_argument(
         "--no-serving", action="store_true", help="skip the comparison of serving choices"
