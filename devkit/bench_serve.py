@@ -19,12 +19,12 @@ from typing import Any
 import hypercorn.run
 from hypercorn.config import Config
 
-from devkit.processes import _die_with_parent
+from devkit.processes import die_with_parent
 
 
 def worker_app() -> Any:
     """The app of BENCH_MODULE, for hypercorn's workers (`devkit.bench_serve:worker_app()`)."""
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)-5s %(name)s - %(message)s",

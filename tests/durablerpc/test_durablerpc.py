@@ -6,8 +6,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually, restate_cli, run_module
+from tests.harness import (
+    Admin,
+    Ingress,
+    StartService,
+    count_lines,
+    eventually,
+    restate_cli,
+    run_module,
+)
 
 
 def reserve(ingress: Ingress, product: str, reservation: str) -> bool:

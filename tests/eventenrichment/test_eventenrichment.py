@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 from devkit.kafka import TansuBroker
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Ingress, Topic, count_lines, eventually, restate_cli
+from tests.harness import Ingress, StartService, Topic, count_lines, eventually, restate_cli
 
 SINK = "service://PackageTracker/updateLocation"
 

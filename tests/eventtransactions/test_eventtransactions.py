@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 from devkit.kafka import TansuBroker
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Topic, count_lines, eventually
+from tests.harness import StartService, Topic, count_lines, eventually
 
 SINK = "service://UserFeed/processPost"
 FAST = {"MODERATION_TIME_SECONDS": "1.5", "MODERATION_POLL_INTERVAL_SECONDS": "0.5"}

@@ -1,47 +1,28 @@
-"""The fuzz test's own server, and the table of inputs tried per handler."""
+"""The table of inputs tried per handler, printed at the end of the run.
 
-from collections.abc import Iterator
+Each fuzz test records its counts as a property of its report, so that they reach the
+process that prints the summary also when the tests run in pytest-xdist workers."""
 
 import pytest
 
-from devkit.processes import RestateServer
-from tests.conftest import _live, _start_server
+from tests.fuzz.test_fuzz_bad_input import INPUTS_TRIED
 
-# handler ("Service/handler") -> how many generated bodies were sent to it
-INPUTS_TRIED = pytest.StashKey[dict[str, int]]()
+_counts: dict[str, int] = {}  # handler ("Service/handler") -> bodies sent to it
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestateServer]:
-    """A server of its own: no timer or background invocation left by another test can
-    change the state that the fuzz test compares before and after."""
-    server = _start_server(tmp_path_factory.mktemp("restate-fuzz"))
-    yield server
-    server.stop()
-    _live.remove(server)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if name == INPUTS_TRIED and isinstance(value, dict):
+            _counts.update(value)
 
 
-@pytest.fixture
-def server(fuzz_server: RestateServer) -> RestateServer:
-    """The services of the fuzz test register with its own server."""
-    return fuzz_server
-
-
-@pytest.fixture
-def inputs_tried(request: pytest.FixtureRequest) -> dict[str, int]:
-    return request.config.stash.setdefault(INPUTS_TRIED, {})
-
-
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
-) -> None:
-    counts = config.stash.get(INPUTS_TRIED, {})
-    if not counts:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _counts:
         return
-    width = max(len(handler) for handler in counts)
+    width = max(len(handler) for handler in _counts)
     terminalreporter.section("fuzzed bad input: inputs tried per handler")
-    for handler, count in sorted(counts.items()):
+    for handler, count in sorted(_counts.items()):
         terminalreporter.write_line(f"{handler:<{width}}  {count:>5}")
     terminalreporter.write_line(
-        f"{'total':<{width}}  {sum(counts.values()):>5}  ({len(counts)} handlers)"
+        f"{'total':<{width}}  {sum(_counts.values()):>5}  ({len(_counts)} handlers)"
     )

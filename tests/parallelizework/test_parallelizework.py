@@ -6,8 +6,14 @@ from collections.abc import Callable
 import httpx
 
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, assert_ingress_refuses, count_lines, eventually
+from tests.harness import (
+    Admin,
+    Ingress,
+    StartService,
+    assert_ingress_refuses,
+    count_lines,
+    eventually,
+)
 
 SEED_TASK = "get out of bed,shower,make coffee,have breakfast"
 SEED_ANSWER = "get out of bed: DONE, shower: DONE, make coffee: DONE, have breakfast: DONE"

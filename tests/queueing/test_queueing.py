@@ -7,8 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually, run_module
+from tests.harness import Admin, Ingress, StartService, count_lines, eventually, run_module
 
 TASK = "/AsyncTaskWorker/runTask"
 

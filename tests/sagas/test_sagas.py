@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
-from devkit.processes import PatternService
-from tests.conftest import StartService
-from tests.harness import Ingress, count_lines, eventually
+from devkit.processes import PatternService, RestateServer
+from tests.harness import Ingress, StartService, count_lines, eventually
 
 SEED_REQUEST: dict[str, Any] = {
     "customerId": "12345",
@@ -132,8 +132,13 @@ def test_a_transient_failure_is_retried_not_compensated(
     assert count_lines(service, "Car rental system unavailable (attempt") == 3
 
 
+@pytest.mark.parametrize("crash", ["service", "server"])
 def test_a_crash_between_two_bookings_books_nothing_twice(
-    start_service: StartService, ingress: Ingress, unique: Callable[[str], str]
+    crash: str,
+    start_service: StartService,
+    server: RestateServer,
+    ingress: Ingress,
+    unique: Callable[[str], str],
 ) -> None:
     # The car rental system is down: the saga has booked the flight and keeps retrying the car.
     service = start_service("sagas", {"CAR_RENTAL_TRANSIENT_FAILURES": "1000000"})
@@ -146,10 +151,15 @@ def test_a_crash_between_two_bookings_books_nothing_twice(
     booked_flight = created(customer)[0]
     assert saga_lines(service, customer) == [booked_flight]
 
-    # kill -9 between the flight and the car booking; the car system comes back meanwhile
+    # kill -9 between the flight and the car booking, of the service or of the server (with
+    # the journal); the car system comes back meanwhile (a restart of the service sets it)
+    if crash == "server":
+        server.kill()
     service.kill()
     assert service.env is not None
     service.env["CAR_RENTAL_TRANSIENT_FAILURES"] = "0"
+    if crash == "server":
+        server.start()
     service.start()
 
     def outcome() -> httpx.Response | None:

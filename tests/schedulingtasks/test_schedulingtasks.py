@@ -9,8 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from devkit.processes import RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually, restate_cli
+from tests.harness import Admin, Ingress, StartService, count_lines, eventually, restate_cli
 
 # the seed's event, as its curl commands send it
 SEED_EVENT = """{

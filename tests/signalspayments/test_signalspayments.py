@@ -14,8 +14,7 @@ import pytest
 
 from devkit.processes import PatternService, RestateServer
 from devkit.stripe_standin import SECRET_KEY, WEBHOOK_SECRET, LocalStripe
-from tests.conftest import StartService
-from tests.harness import Ingress, count_lines, eventually
+from tests.harness import Ingress, StartService, count_lines, eventually
 
 WEBHOOK = "/PaymentService/processWebhook"
 

@@ -9,8 +9,7 @@ import pytest
 
 from devkit import binaries
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, count_lines, eventually
+from tests.harness import Admin, Ingress, StartService, count_lines, eventually
 
 FAST = {"TRANSITION_DURATION_SECONDS": "0.3", "TRANSITION_FAILED_ATTEMPTS": "0"}
 

@@ -13,8 +13,14 @@ import pytest
 
 from devkit import binaries
 from devkit.processes import PatternService, RestateServer
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, assert_ingress_refuses, count_lines, eventually
+from tests.harness import (
+    Admin,
+    Ingress,
+    StartService,
+    assert_ingress_refuses,
+    count_lines,
+    eventually,
+)
 
 PATTERN = "statemachinepayments"
 NO_EXPIRY = {"PAYMENT_EXPIRY_SECONDS": "3600"}

@@ -4,8 +4,7 @@ from collections.abc import Callable
 
 from devkit.processes import PatternService, RestateServer
 from syncasync.app import upload_is_slow
-from tests.conftest import StartService
-from tests.harness import Admin, Ingress, eventually, run_module
+from tests.harness import Admin, Ingress, StartService, eventually, run_module
 
 FAST = {"FAST_UPLOAD_SECONDS": "0.1"}
 
