@@ -1,1 +1,2 @@
-"""Benchmark material of `./dev bench` (devkit/bench.py): the baseline service and results."""
+"""Benchmark material of `./dev bench` (devkit/bench/): the baseline service, the TypeScript
+twins (ts/), the method and findings (README.md) and the latest results."""

