@@ -60,6 +60,18 @@ class ProcessError(RuntimeError):
 
 # --- HTTP ------------------------------------------------------------------------------
 
+
+class _ThreadClient:
+    """A thread's HTTP client, closed when the thread ends and drops it (an unclosed
+    client's sockets would be reported as a ResourceWarning)."""
+
+    def __init__(self) -> None:
+        self.client = httpx.Client(timeout=HTTP_TIMEOUT)
+
+    def __del__(self) -> None:
+        self.client.close()
+
+
 _per_thread = threading.local()
 
 
@@ -67,10 +79,10 @@ def http() -> httpx.Client:
     """This thread's client, kept for all its calls: a new httpx client costs ~20 ms of CPU
     (its TLS context), which polling loops would pay at every call. One per thread: a
     client shared by threads whose requests time out was seen to fail with EBADF."""
-    client: httpx.Client | None = getattr(_per_thread, "client", None)
-    if client is None:
-        client = _per_thread.client = httpx.Client(timeout=HTTP_TIMEOUT)
-    return client
+    holder: _ThreadClient | None = getattr(_per_thread, "holder", None)
+    if holder is None:
+        holder = _per_thread.holder = _ThreadClient()
+    return holder.client
 
 
 def http_ok(url: str) -> bool:
