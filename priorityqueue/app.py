@@ -86,8 +86,10 @@ Number = Annotated[
     Field(strict=True, allow_inf_nan=False),
     PlainSerializer(js_number, return_type=Any),
 ]
-# What `ctx.awakeable()` gives out: "sign_1" and the base64url of invocation id and index.
-AwakeableId = Annotated[str, Field(pattern=r"^sign_1[A-Za-z0-9_-]{10,200}$")]
+# What `ctx.awakeable()` gives out: "sign_1" and 28 bytes in base64url (the invocation id
+# and an index). Restate refuses to resolve anything else, and would make the queue retry
+# forever: so a ticket must carry exactly this form.
+AwakeableId = Annotated[str, Field(pattern=r"^sign_1[A-Za-z0-9_-]{37}[AQgw]$")]
 
 
 class Model(BaseModel):

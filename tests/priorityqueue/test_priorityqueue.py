@@ -5,7 +5,9 @@ with another `expensiveMethod`, and the queue's key is fixed, so two tests shari
 would share (and break) one queue.
 """
 
+import base64
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -30,8 +32,14 @@ METHOD = "/myService/expensiveMethod"
 QUEUE_KEY = "myService/expensiveMethod"
 QUEUE = "/queue/myService%2FexpensiveMethod"  # the key has a slash: URL-encoded
 LIMIT = 10
-# a well-formed awakeable id that no caller holds
-STRAY = "sign_1" + "A" * 40
+
+
+def fake_awakeable() -> str:
+    """A well-formed awakeable id that no caller holds (resolving it reaches no one)."""
+    return "sign_1" + base64.urlsafe_b64encode(os.urandom(28)).decode().rstrip("=")
+
+
+STRAY = fake_awakeable()
 
 TICK = re.compile(r"Tick end\. Queue length: (\d+), In Flight: (\d+)")
 QUEUED = re.compile(r"Queued (sign_1\S+) \(priority ([-\d.e+]+)\)")
@@ -268,24 +276,32 @@ def test_thirty_at_once_are_admitted_by_priority_never_more_than_the_limit(
 def test_tickets_waiting_together_go_by_priority_then_first_come(
     start_service: StartService, admin: Admin, ingress: Ingress
 ) -> None:
-    """With the slots taken, tickets queue up; then they are let in strictly in order."""
+    """With both slots held (by tickets the test pushes itself, as callers would), tickets
+    queue up one by one; freed, the slots go to them strictly by priority, then arrival."""
     service = start_service("priorityqueue", settings(QUEUE_MAX_IN_FLIGHT="2"))
-    blockers = send_all(ingress, [{"left": 0, "right": 0, "priority": 9}] * 2)
-    eventually(lambda: queue_state(admin).in_flight == 2, 30, "both slots taken")
-    waiting_ids = []
+    holders = [fake_awakeable(), fake_awakeable()]
+    for holder in holders:
+        response = ingress.post(f"{QUEUE}/push", json={"awakeable": holder, "priority": 0})
+        assert response.status_code == 200, response.text
+    assert queue_state(admin).admitted == holders
+
+    ids = []
     for i, p in enumerate([5, 1, 3, 1, 5, 2, 1]):  # one at a time: a known push order
-        waiting_ids.append(ingress.send(METHOD, json={"left": i, "right": 10, "priority": p}))
-        eventually(lambda n=i: len(queue_state(admin).items) >= n + 1, 30, f"ticket {i} queued")
+        ids.append(ingress.send(METHOD, json={"left": i, "right": 10, "priority": p}))
+        eventually(lambda n=i: len(queue_state(admin).items) == n + 1, 30, f"ticket {i} queued")
     items = queue_state(admin).items
     assert [item["priority"] for item in items] == [5, 1, 3, 1, 5, 2, 1]  # arrival order
+    assert queue_state(admin).admitted == holders  # nobody got in meanwhile
 
-    results = [result_of(ingress, invocation_id) for invocation_id in waiting_ids + blockers]
-    assert results == [10, 11, 12, 13, 14, 15, 16, 0, 0]
+    for holder in holders:
+        assert ingress.post(f"{QUEUE}/done", json=holder).status_code == 200
+    results = [result_of(ingress, invocation_id) for invocation_id in ids]
+    assert results == [10, 11, 12, 13, 14, 15, 16]
     admitted = check_queue_log(service, limit=2)
     order = [item["awakeable"] for item in items]
-    expected = [order[i] for i in (1, 3, 6, 5, 2, 0, 4)]  # priority 1, 1, 1, 2, 3, 5, 5
-    assert admitted[2:] == expected
+    assert admitted == holders + [order[i] for i in (1, 3, 6, 5, 2, 0, 4)]  # 1 1 1 2 3 5 5
     assert max_work_in_flight(service) <= 2
+    assert queue_state(admin) == QueueState()
 
 
 # --- crashes -------------------------------------------------------------------------------
