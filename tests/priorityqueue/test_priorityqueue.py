@@ -123,11 +123,21 @@ def result_of(ingress: Ingress, invocation_id: str) -> Any:
 def check_queue_log(service: PatternService, limit: int = LIMIT) -> list[str]:
     """Replay the queue's log: every admission took the waiting ticket with the lowest
     priority number, the earliest pushed among equals; no tick saw more than `limit` in
-    flight, nor a ticket waiting while a slot was free. The awakeable ids admitted, in order."""
+    flight, nor a ticket waiting while a slot was free. The awakeable ids admitted, in order.
+
+    A crash can cut a queue handler short after it logged; Restate then runs it again, on
+    the same state, before any other queue call: its lines come again, the same. So a ticket
+    counts as queued (admitted) at its first `Queued` (`Admitted`) line."""
     waiting: list[tuple[float, int, str]] = []  # (priority, push order, awakeable)
     admitted: list[str] = []
+    seen: set[tuple[str, str]] = set()
     pushes = 0
     for line in service.log_lines():
+        event = QUEUED.search(line) or ADMITTED.search(line)
+        if event and (event.re.pattern, event.group(1)) in seen:
+            continue
+        if event:
+            seen.add((event.re.pattern, event.group(1)))
         if queued := QUEUED.search(line):
             waiting.append((float(queued.group(2)), pushes, queued.group(1)))
             pushes += 1
