@@ -46,7 +46,8 @@ JSON = "application/json"
 
 @dataclass(frozen=True)
 class Field:
-    """A field of a JSON object: kind "str", "int", "bool", "date" or a nested `Obj`."""
+    """A field of a JSON object: kind "str", "int", "number" (int or float), "bool", "date"
+    or a nested `Obj`."""
 
     kind: "str | Obj"
     required: bool = True
@@ -97,6 +98,12 @@ def email_string(body: bytes) -> bool:
     return ok and isinstance(value, str) and "@" in value
 
 
+def awakeable_id(body: bytes) -> bool:
+    """A JSON string in the form of an awakeable id: "sign_1" and 28 bytes in base64url."""
+    ok, value = loads(body)
+    return ok and isinstance(value, str) and bool(re.fullmatch(r"sign_1[\w-]{37}[AQgw]", value))
+
+
 def json_value(body: bytes) -> bool:
     return loads(body)[0]
 
@@ -109,6 +116,7 @@ def payload(body: bytes) -> bool:
 TEXT = Field("str")
 NONEMPTY = Field("str", constraint="nonempty")
 DATE = Field("date")
+NUMBER = Field("number")
 TASK = Obj({"description": TEXT}, {"description": "get out of bed,shower"})
 JOB = Obj(
     {"cronExpression": TEXT, "service": TEXT, "method": TEXT,
@@ -131,7 +139,8 @@ STRIPE_EVENT = Obj(
 # Keys are "Service/handler", or "pattern:Service/handler" where two patterns that are never
 # registered together use the same name for different inputs.
 # Ingress-private handlers (Account/*, BatchReceiver/receive, CronJob/initiate|execute,
-# FanOutWorker/runSubtask, PaymentProcessor/expire) have no entry: the test skips them.
+# FanOutWorker/runSubtask, PaymentProcessor/expire, queue/expire) have no entry: the test
+# skips them.
 SPECS: dict[str, Spec] = {
     "ProductService/reserve": NoInput(),
     "AsyncTaskWorker/runTask": Obj(
@@ -210,6 +219,16 @@ SPECS: dict[str, Spec] = {
         {"location": "Pinetree Road 5, Paris", "timestamp": "2024-10-10 13:00"},
     ),
     "PackageTracker/getPackageInfo": NoInput(),
+    "priorityqueue:myService/expensiveMethod": Obj(
+        {"left": NUMBER, "right": NUMBER, "priority": Field("number", required=False)},
+        {"left": 1, "right": 2, "priority": 1},
+    ),
+    "queue/push": Obj(
+        {"awakeable": TEXT, "priority": NUMBER},
+        {"awakeable": "sign_1z0zSDCMOs5xFe_VNXZFE-AIxo2PAsUibAAAAEQ", "priority": 1},
+    ),
+    "queue/done": Scalar(awakeable_id),
+    "queue/drop": Scalar(awakeable_id),
 }
 
 # --- generators ----------------------------------------------------------------------------
@@ -284,6 +303,8 @@ def wrong_value(f: Field) -> st.SearchStrategy[Any]:
             lambda v: not v.is_integer()
         )
         options += [not_numeric, fractions]
+    elif f.kind == "number":
+        options += [not_numeric, st.booleans()]
     elif f.kind == "bool":
         options += [not_numeric, st.integers().filter(lambda v: v not in (0, 1))]
     elif f.kind == "date":
