@@ -223,7 +223,7 @@ def test_the_readme_walkthrough_verbatim(
     ingress: Ingress,
     client_env: dict[str, str],
 ) -> None:
-    service = start_service("priorityqueue", settings(EXPENSIVE_WORK_SECONDS="2"))
+    service = start_service("priorityqueue", settings())
     commands = walkthrough_commands(ingress.url)
     sends = [c for c in commands if "/myService/expensiveMethod/send" in c]
     assert len(sends) == 2, commands  # one entry, then the loop of 30
@@ -444,12 +444,17 @@ def test_a_killed_caller_gives_its_slot_back_when_its_lease_runs_out(
     )
     stuck = ingress.send(METHOD, json={"left": 1, "right": 1})
     eventually(lambda: queue_state(admin).in_flight == 1, 30, "the first is in flight")
+    [ticket] = queue_state(admin).admitted
     restate_cli("-y", "invocations", "kill", stuck, env=client_env)  # never reports back
     ingress.send(METHOD, json={"left": 2, "right": 2})
+    eventually(lambda: len(queue_state(admin).items) == 1, 30, "the next one waits")
     # the lease of the killed one runs out; then the next one is let in
     eventually(lambda: count_lines(service, "ran out before it reported back") == 1, 60, "lease")
     eventually(lambda: count_lines(service, "Expensive operation started: 2 + 2") == 1, 30, "next")
-    assert queue_state(admin).in_flight == 1
+    state = queue_state(admin)
+    assert ticket not in state.admitted
+    assert state.in_flight == 1
+    assert state.items == []
 
 
 # --- bad input -----------------------------------------------------------------------------
