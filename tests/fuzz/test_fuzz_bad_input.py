@@ -100,6 +100,12 @@ def email_string(body: bytes) -> bool:
     return ok and isinstance(value, str) and "@" in value
 
 
+def awakeable_id(body: bytes) -> bool:
+    """A JSON string in the form of an awakeable id: "sign_1" and 28 bytes in base64url."""
+    ok, value = loads(body)
+    return ok and isinstance(value, str) and bool(re.fullmatch(r"sign_1[\w-]{37}[AQgw]", value))
+
+
 def json_value(body: bytes) -> bool:
     return loads(body)[0]
 
@@ -123,6 +129,7 @@ def payload(body: bytes) -> bool:
 TEXT = Field("str")
 NONEMPTY = Field("str", constraint="nonempty")
 DATE = Field("date")
+NUMBER = Field("number")
 TASK = Obj({"description": TEXT}, {"description": "get out of bed,shower"})
 JOB = Obj(
     {"cronExpression": TEXT, "service": TEXT, "method": TEXT,
@@ -163,7 +170,8 @@ STRIPE_WEBHOOK_EVENT = Obj(
 # Keys are "Service/handler", or "pattern:Service/handler" where two patterns that are never
 # registered together use the same name for different inputs.
 # Ingress-private handlers (Account/*, BatchReceiver/receive, CronJob/initiate|execute,
-# FanOutWorker/runSubtask, PaymentProcessor/expire) have no entry: the test skips them.
+# FanOutWorker/runSubtask, PaymentProcessor/expire, queue/expire) have no entry: the test
+# skips them.
 SPECS: dict[str, Spec] = {
     "ProductService/reserve": NoInput(),
     "AsyncTaskWorker/runTask": Obj(
@@ -301,6 +309,16 @@ SPECS: dict[str, Spec] = {
     ),
     "ratelimit:myService/expensiveMethod": NoInput(),
     "ratelimit:myService/expensiveMethodBatch": Scalar(batch_size),
+    "priorityqueue:myService/expensiveMethod": Obj(
+        {"left": NUMBER, "right": NUMBER, "priority": Field("number", required=False)},
+        {"left": 1, "right": 2, "priority": 1},
+    ),
+    "queue/push": Obj(
+        {"awakeable": TEXT, "priority": NUMBER},
+        {"awakeable": "sign_1z0zSDCMOs5xFe_VNXZFE-AIxo2PAsUibAAAAEQ", "priority": 1},
+    ),
+    "queue/done": Scalar(awakeable_id),
+    "queue/drop": Scalar(awakeable_id),
 }
 
 # --- generators ----------------------------------------------------------------------------
@@ -378,12 +396,12 @@ def wrong_value(f: Field) -> st.SearchStrategy[Any]:
             lambda v: not v.is_integer()
         )
         options += [not_numeric, fractions]
+    elif f.kind == "number":
+        options += [not_numeric, st.booleans()]
     elif f.kind == "bool":
         options += [not_numeric, st.integers().filter(lambda v: v not in (0, 1))]
     elif f.kind == "date":
         options += [not_numeric]
-    elif f.kind == "number":
-        options += [not_numeric, st.booleans()]
     if not f.nullable:
         options.append(st.none())
     return st.one_of(options)
