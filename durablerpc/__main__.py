@@ -1,7 +1,7 @@
 """`python -m <pattern>` serves app.py's services; the same file in every pattern folder.
 
-HOST (127.0.0.1), PORT (9080), LOG_LEVEL (INFO), SERVER (hypercorn, or granian), LOOP (uvloop
-if installed, or asyncio), IDENTITY_KEYS (serve only requests Restate signed): docs/serving.md
+HOST (127.0.0.1), PORT (9080), LOG_LEVEL (INFO), SERVER (hypercorn, or granian), LOOP (asyncio;
+uvloop on granian if installed), IDENTITY_KEYS (serve only requests Restate signed): docs/serving.md
 """
 
 import asyncio
@@ -22,6 +22,7 @@ from .app import app, services
 env = os.environ.get
 keys = [key.strip() for key in env("IDENTITY_KEYS", "").split(",") if key.strip()]
 host, port = env("HOST", "127.0.0.1"), int(env("PORT", "9080"))
+server = env("SERVER", "hypercorn")
 
 
 def tag(record: logging.LogRecord) -> bool:
@@ -38,7 +39,7 @@ async def serve(asgi: object) -> None:
     stop, loop = asyncio.Event(), asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     install_shutdown_hook(loop, stop.set, signal.SIGTERM)  # the SDK owns SIGTERM: join it
-    if env("SERVER", "hypercorn") == "hypercorn":
+    if server == "hypercorn":
         config = Config.from_mapping(bind=f"{host}:{port}", h2_max_concurrent_streams=2**16)
         # Restate keeps one HTTP/2 connection open for its invocations: never close it
         config.keep_alive_max_requests, config.keep_alive_timeout = 2**31 - 1, 86400.0
@@ -53,11 +54,11 @@ async def serve(asgi: object) -> None:
             HTTP2Settings(max_concurrent_streams=2**16),
             {"loggers": {"_granian": {"propagate": True}}},
         )
-        server = Server(
+        embedded = Server(
             asgi, host, port, interface=Interfaces.ASGINL, http2_settings=h2, log_dictconfig=logs
         )
-        task = asyncio.ensure_future(server.serve())
-        asyncio.ensure_future(stop.wait()).add_done_callback(lambda _: server.stop())  # type: ignore[no-untyped-call]
+        task = asyncio.ensure_future(embedded.serve())
+        asyncio.ensure_future(stop.wait()).add_done_callback(lambda _: embedded.stop())  # type: ignore[no-untyped-call]
     task.add_done_callback(lambda _: stop.set())  # a server that fails to start ends it too
     await stop.wait()
     # Either server waits for the invocations in flight, which go on as long as Restate keeps
@@ -67,7 +68,9 @@ async def serve(asgi: object) -> None:
     os._exit(0)
 
 
-if env("SERVER") == "granian" and not importlib.util.find_spec("granian"):
+if server not in ("hypercorn", "granian"):
+    raise SystemExit(f"SERVER={server}: hypercorn (the default) or granian")
+if server == "granian" and not importlib.util.find_spec("granian"):
     raise SystemExit("SERVER=granian needs granian: pip install granian uvloop")
 handler = logging.StreamHandler()
 handler.addFilter(tag)
@@ -78,6 +81,7 @@ logging.getLogger("hypercorn.error").addFilter(lambda r: "Lifespan" not in r.get
 asgi = restate.app(services, identity_keys=keys) if keys else app  # a bad key fails here
 if keys:
     logging.getLogger(__name__).info("Serving only requests signed by %d key(s)", len(keys))
-loop = env("LOOP") or ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+on_uvloop = server == "granian" and importlib.util.find_spec("uvloop")  # it helps granian most
+loop = env("LOOP") or ("uvloop" if on_uvloop else "asyncio")
 with asyncio.Runner(loop_factory=importlib.import_module(loop).new_event_loop) as runner:
     runner.run(serve(asgi))

@@ -10,11 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from devkit import ROOT
-from devkit.processes import PatternService, RestateServer
+from devkit import ROOT, DevError
+from devkit.processes import PatternService, RestateServer, free_port
 from tests.concurrenttasks import test_concurrenttasks as concurrenttasks
 from tests.conftest import StartService
 from tests.durablerpc import test_durablerpc as durablerpc
@@ -151,12 +152,17 @@ def test_sigint_stops_the_service_while_an_invocation_waits_on_it(
     assert response.json() == "Email verified"
 
 
-def test_hypercorn_on_the_asyncio_loop(
-    start_service: StartService, ingress: Ingress, unique: Callable[[str], str]
+@pytest.mark.parametrize(("name", "loop"), [("hypercorn", "uvloop"), ("granian", "asyncio")])
+def test_the_other_event_loop(
+    name: str,
+    loop: str,
+    start_service: StartService,
+    ingress: Ingress,
+    unique: Callable[[str], str],
 ) -> None:
-    """LOOP=asyncio: the standard event loop instead of uvloop (used when installed)."""
-    service = start_service("durablerpc", {"LOOP": "asyncio"})
-    served_by(service, "hypercorn")
+    """LOOP: hypercorn runs on asyncio and granian on uvloop unless told otherwise."""
+    service = start_service("durablerpc", {"SERVER": name, "LOOP": loop})
+    served_by(service, name)
     product = unique("product")
     assert durablerpc.reserve(ingress, product, "r1") is True
     assert durablerpc.reserve(ingress, product, "r2") is False
@@ -179,3 +185,15 @@ def test_granian_missing_is_one_clear_line() -> None:
     )
     assert result.returncode == 1
     assert result.stderr == "SERVER=granian needs granian: pip install granian uvloop\n"
+
+
+def test_an_unknown_server_is_refused(tmp_path: Path) -> None:
+    service = PatternService(
+        "durablerpc", free_port(), tmp_path / "durablerpc.log", {"SERVER": "gunicorn"}
+    )
+    try:
+        with pytest.raises(DevError, match="exited"):
+            service.start()
+    finally:
+        service.stop()
+    assert "SERVER=gunicorn: hypercorn (the default) or granian" in service.log_text()
