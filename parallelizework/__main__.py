@@ -50,10 +50,8 @@ async def serve(asgi: object) -> None:
         from granian.http import HTTP2Settings
         from granian.server.embed import Server
 
-        h2, logs = (
-            HTTP2Settings(max_concurrent_streams=2**16),
-            {"loggers": {"_granian": {"propagate": True}}},
-        )
+        h2 = HTTP2Settings(max_concurrent_streams=2**16)
+        logs = {"loggers": {"_granian": {"propagate": True}}}  # one format for all lines
         embedded = Server(
             asgi, host, port, interface=Interfaces.ASGINL, http2_settings=h2, log_dictconfig=logs
         )
