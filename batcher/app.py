@@ -121,4 +121,5 @@ def parse_batch(body: bytes) -> list[Any]:
     return items
 
 
-app = restate.app([batcher, batch_receiver])
+services = [batcher, batch_receiver]
+app = restate.app(services)

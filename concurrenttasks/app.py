@@ -119,4 +119,5 @@ async def verify_email(ctx: restate.Context, body: bytes) -> str:
                 )
 
 
-app = restate.app([email_verification])
+services = [email_verification]
+app = restate.app(services)

@@ -334,4 +334,10 @@ async def execute_object_task(ctx: restate.ObjectContext, body: bytes) -> int:
     return runs
 
 
-app = restate.app([cron_job_initiator, cron_job, task_service, task_object])
+services: list[restate.Service | restate.VirtualObject] = [
+    cron_job_initiator,
+    cron_job,
+    task_service,
+    task_object,
+]
+app = restate.app(services)

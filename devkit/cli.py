@@ -166,7 +166,9 @@ def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str
     return standin.service_settings()
 
 
-def cmd_run(pattern: str, with_cluster: bool = False, with_identity: bool = False) -> int:
+def cmd_run(
+    pattern: str, with_cluster: bool = False, with_identity: bool = False, server: str = ""
+) -> int:
     begin = time.monotonic()
     patterns.check(pattern)
     binaries.ensure_all()
@@ -206,6 +208,8 @@ def cmd_run(pattern: str, with_cluster: bool = False, with_identity: bool = Fals
                 keys,
             )
         settings = keys.service_settings() if keys is not None else {}
+        if server:
+            settings["SERVER"] = server  # read by the serving file, <pattern>/__main__.py
         if pattern in patterns.STRIPE:
             settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
         _require_free(SERVICE_PORT)
@@ -399,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         help="request identity: the server signs its requests, the service takes only those "
         "(also PATTERNS_REQUEST_IDENTITY=1)",
     )
+    run.add_argument(
+        "--server",
+        choices=["hypercorn", "granian"],
+        default=os.environ.get("SERVER", ""),
+        help="the ASGI server that serves the pattern (default hypercorn; also SERVER=...; "
+        "docs/serving.md)",
+    )
     test = commands.add_parser(
         "test", help="lint, type-check and run the test suite in both passes, all at once"
     )
@@ -448,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args.pattern, args.cluster, args.identity)
+            return cmd_run(args.pattern, args.cluster, args.identity, args.server)
         if args.command == "test":
             return cmd_test(args.args, not args.no_replay, args.workers)
         if args.command == "exec":

@@ -33,4 +33,5 @@ async def reserve(ctx: restate.ObjectContext) -> bool:
     return True
 
 
-app = restate.app([product_service])
+services = [product_service]
+app = restate.app(services)

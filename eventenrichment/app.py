@@ -100,4 +100,5 @@ async def package_info(ctx: restate.ObjectContext | restate.ObjectSharedContext)
     return PackageInfo.model_validate(stored)
 
 
-app = restate.app([package_tracker])
+services = [package_tracker]
+app = restate.app(services)

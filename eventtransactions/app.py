@@ -111,4 +111,5 @@ async def process_post(ctx: restate.ObjectContext, body: bytes) -> None:
     await ctx.run_typed("update user feed", update_user_feed, user_id=user_id, post_id=post_id)
 
 
-app = restate.app([user_feed])
+services = [user_feed]
+app = restate.app(services)

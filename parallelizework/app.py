@@ -139,4 +139,5 @@ async def run_subtask(ctx: restate.Context, body: bytes) -> SubTaskResult:
     return SubTaskResult(description=subtask.description, result="DONE")
 
 
-app = restate.app([fan_out_worker])
+services = [fan_out_worker]
+app = restate.app(services)

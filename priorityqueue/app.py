@@ -286,4 +286,5 @@ async def expensive_operation(left: float, right: float) -> float | int:
     return result
 
 
-app = restate.app([queue, my_service])
+services: list[restate.Service | restate.VirtualObject] = [queue, my_service]
+app = restate.app(services)

@@ -368,4 +368,5 @@ async def give_answer(ctx: restate.Context, body: bytes) -> dict[str, Any]:
     return {"answer": answer}
 
 
-app = restate.app([promises, server, flat, qna])
+services: list[restate.Service | restate.VirtualObject] = [promises, server, flat, qna]
+app = restate.app(services)

@@ -66,4 +66,5 @@ def some_heavy_work(task: TaskOpts) -> str:
     return f"Task {task.task_name} done: {task.payload}"
 
 
-app = restate.app([async_task_worker])
+services = [async_task_worker]
+app = restate.app(services)

@@ -87,4 +87,5 @@ def parse_batch_size(body: bytes) -> int:
     return value
 
 
-app = restate.app([limiter, my_service])
+services: list[restate.Service | restate.VirtualObject] = [limiter, my_service]
+app = restate.app(services)

@@ -117,4 +117,5 @@ async def run(ctx: restate.Context, body: bytes) -> None:
         raise
 
 
-app = restate.app([booking_workflow])
+services = [booking_workflow]
+app = restate.app(services)

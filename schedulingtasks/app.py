@@ -140,4 +140,5 @@ async def on_payment_failure(ctx: restate.ObjectContext, body: bytes) -> None:
         ctx.clear(NEXT_REMINDER)
 
 
-app = restate.app([payment_tracker])
+services = [payment_tracker]
+app = restate.app(services)

@@ -202,4 +202,5 @@ async def process_webhook(ctx: restate.Context, body: bytes) -> bool:
     return True
 
 
-app = restate.app([payment_service])
+services = [payment_service]
+app = restate.app(services)

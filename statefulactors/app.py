@@ -103,4 +103,5 @@ async def tear_down(ctx: restate.ObjectContext) -> str:
     return f"{machine_id} is now down"
 
 
-app = restate.app([machine_operator])
+services = [machine_operator]
+app = restate.app(services)

@@ -211,4 +211,5 @@ async def expire(ctx: restate.ObjectContext) -> None:
     logger.info("Payment %s expired", ctx.key())
 
 
-app = restate.app([payment_processor, account])
+services = [payment_processor, account]
+app = restate.app(services)

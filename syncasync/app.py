@@ -108,4 +108,5 @@ def send_email(url: str, email: str) -> None:
     logger.info("Sending email to %s with url %s", email, url)
 
 
-app = restate.app([data_upload_service])
+services = [data_upload_service]
+app = restate.app(services)

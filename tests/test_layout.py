@@ -10,7 +10,8 @@ from devkit import ROOT, patterns
 
 PATTERNS = patterns.known()
 REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8")
-ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "httpx", "croniter", "stripe"}
+# granian: the optional server of the serving file (SERVER=granian), imported only then
+ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "granian", "httpx", "croniter", "stripe"}
 
 
 def imported_top_levels(pattern: str) -> set[str]:

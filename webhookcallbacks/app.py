@@ -257,4 +257,5 @@ async def on_stripe_event(ctx: restate.Context, body: bytes) -> None:
     )
 
 
-app = restate.app([router, payment_tracker])
+services: list[restate.Service | restate.VirtualObject] = [router, payment_tracker]
+app = restate.app(services)

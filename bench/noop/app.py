@@ -14,4 +14,5 @@ async def call(ctx: restate.Context) -> None:
     """Do nothing: one invocation, no state, no steps."""
 
 
-app = restate.app([noop])
+services = [noop]
+app = restate.app(services)
