@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from devkit import ROOT, DevError
-from devkit.processes import PatternService, RestateServer, free_port
+from devkit import ROOT
+from devkit.processes import PatternService, ProcessError, RestateServer, free_port
 from tests.concurrenttasks import test_concurrenttasks as concurrenttasks
 from tests.durablerpc import test_durablerpc as durablerpc
 from tests.harness import Admin, Ingress, StartService, eventually
@@ -198,7 +198,7 @@ def test_an_unknown_server_is_refused(tmp_path: Path) -> None:
         "durablerpc", free_port(), tmp_path / "durablerpc.log", {"SERVER": "gunicorn"}
     )
     try:
-        with pytest.raises(DevError, match="exited"):
+        with pytest.raises(ProcessError, match="exited"):
             service.start()
     finally:
         service.stop()
