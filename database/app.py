@@ -512,7 +512,16 @@ async def commit_prepared(txn_id: str) -> None:
         crash_point("after-commit")
 
 
-@two_phase_commit.handler(name="update", input_serde=BytesSerde())
+# Between its steps the handler must stay on one connection (see above): Restate suspends
+# an invocation only after it has been inactive this long. (A server configured to suspend
+# at every await, as the tests' replay pass does, would otherwise make it loop like
+# request/response mode does.)
+STAY_CONNECTED = timedelta(minutes=1)  # restate-server's default inactivity timeout
+
+
+@two_phase_commit.handler(
+    name="update", input_serde=BytesSerde(), inactivity_timeout=STAY_CONNECTED
+)
 async def two_phase_update(ctx: restate.Context, body: bytes) -> None:
     """Add credits exactly once, with PostgreSQL's two-phase commit."""
     request = parse(TypeAdapter(AddCredits), body)
