@@ -10,7 +10,7 @@ from devkit import ROOT, patterns
 
 PATTERNS = patterns.known()
 REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8")
-ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "httpx", "croniter", "stripe"}
+ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "httpx", "croniter", "stripe", "psycopg"}
 
 
 def imported_top_levels(pattern: str) -> set[str]:
