@@ -85,13 +85,13 @@ class Settings:
     )
     # For demonstrations and tests: the service process dies at this moment, before Restate
     # has journaled the step's result: "after-commit" (a transaction, or COMMIT PREPARED,
-    # committed), "after-prepare" (PREPARE TRANSACTION done), "before-update"
-    # (updateConditional's read is journaled, its update not started).
+    # committed), "after-prepare" (PREPARE TRANSACTION done), "after-read" (a journaled
+    # read, of durableRead or updateConditional, is in the journal, not used yet).
     crash_at: str = os.environ.get("DATABASE_CRASH_AT", "")
 
 
 SETTINGS = Settings()
-CRASH_POINTS = ("after-commit", "after-prepare", "before-update")
+CRASH_POINTS = ("after-commit", "after-prepare", "after-read")
 if SETTINGS.crash_at not in ("", *CRASH_POINTS):
     raise ValueError(f"DATABASE_CRASH_AT must be one of {', '.join(CRASH_POINTS)}")
 
@@ -267,6 +267,7 @@ async def durable_read(ctx: restate.Context, body: bytes) -> int | float:
     sees the same value, and so takes the same branch below."""
     userid = parse(USER_ID, body)
     credits = Decimal(await ctx.run_typed("read credits", read_credits, userid=userid))
+    crash_point("after-read")
     if credits == 0:
         logger.info("Found an account without balance, doing something about it...")
     return number(credits)
@@ -347,7 +348,6 @@ async def read_balance(userid: str) -> Balance:
 
 
 async def add_credits_if_unchanged(userid: str, amount: int, read: Balance) -> bool:
-    crash_point("before-update")
     async with connect() as conn:
         # Relative to the row as it is (another service may have added credits since the
         # read), but only while the version is the one journaled with the read.
@@ -371,6 +371,7 @@ async def update_conditional(ctx: restate.ObjectContext, body: bytes) -> None:
     amount = parse(CREDITS, body)
     userid = object_key(ctx)
     read = await ctx.run_typed("read credits, version", read_balance, userid=userid)
+    crash_point("after-read")
     applied = await ctx.run_typed(
         "update credits, version", add_credits_if_unchanged, userid=userid, amount=amount,
         read=read,

@@ -10,6 +10,10 @@ A fresh data folder is initialised the way Docker's postgres image initialises o
 set, `*.sql` with psql in the database `exampledb`, other files are ignored), then the
 server restarts so that settings the scripts wrote (`max_prepared_transactions`) take
 effect. An existing data folder is used as it is (the files ran when it was created).
+
+pg_ctl runs the server in the background, not as a child of the caller: it does not die
+with a caller that is killed (kill -9 of `./dev run`); the next `./dev run database` finds
+it running on its data folder and uses it.
 """
 
 import os

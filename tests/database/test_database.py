@@ -172,6 +172,43 @@ def test_durable_read_reaches_the_zero_balance_branch(
     assert count_lines(service, "Found an account without balance, doing something about it") == 1
 
 
+def test_a_retry_of_durable_read_sees_what_the_first_attempt_read(
+    database: Callable[..., PatternService], ingress: Ingress, postgres: EmbeddedPostgres,
+    unique: Callable[[str], str],
+) -> None:  # fmt: skip
+    """The service dies after the journaled read; meanwhile the balance drops to 0. The
+    retry answers the credits the first attempt read, and takes that attempt's branch."""
+    userid = new_user(postgres, unique("journaled"))
+    service = database(DATABASE_CRASH_AT="after-read")
+    key = unique("k")
+    ingress.send("/simple/durableRead", json=userid, headers={"idempotency-key": key})
+    eventually(lambda: not service.running(), timeout=60, message="the service to crash")
+    with psycopg.connect(postgres.dsn) as conn:
+        conn.execute("UPDATE users SET credits = 0 WHERE userid = %s", (userid,))
+    response = recover(ingress, service, "/simple/durableRead", key)
+    assert (response.status_code, response.json()) == (200, 1000)
+    assert count_lines(service, "Found an account without balance") == 0
+    fresh = ingress.post("/simple/durableRead", json=userid)  # a new invocation reads anew
+    assert (fresh.status_code, fresh.json()) == (200, 0)
+    assert count_lines(service, "Found an account without balance") == 1
+
+
+def test_a_retried_insert_inserts_nothing(
+    database: Callable[..., PatternService], ingress: Ingress, postgres: EmbeddedPostgres,
+    unique: Callable[[str], str],
+) -> None:  # fmt: skip
+    """The insert committed, the service died before the step was journaled: the retry's
+    insert hits the primary key and inserts nothing (it answers false: it cannot tell that
+    its own earlier attempt inserted the row)."""
+    userid = unique("inserted")
+    service = database(DATABASE_CRASH_AT="after-commit")
+    body = {"userId": userid, "name": "Emm", "address": "Paris", "credits": 1337}
+    response = crash_then_recover(ingress, service, "/simple/insert", body, unique("k"))
+    assert (response.status_code, response.json()) == (200, False)
+    assert query(postgres, "SELECT name, credits, version FROM users WHERE userid = %s",
+                 (userid,)) == [{"name": "Emm", "credits": 1337, "version": 0}]  # fmt: skip
+
+
 def test_values_are_bound_parameters_never_sql(
     service: PatternService, ingress: Ingress, postgres: EmbeddedPostgres,
     unique: Callable[[str], str],
@@ -252,7 +289,7 @@ def test_update_conditional_keeps_credits_another_writer_added_meanwhile(
     """Between the journaled read and the update, another service adds credits: the update
     adds to the row as it is, instead of writing `<read> + 12` over the other's change."""
     userid = new_user(postgres, unique("interleaved"))
-    service = database(DATABASE_CRASH_AT="before-update")
+    service = database(DATABASE_CRASH_AT="after-read")
     path = f"/keyed/{userid}/updateConditional"
     ingress.send(path, json=12, headers={"idempotency-key": (key := unique("k"))})
     eventually(lambda: not service.running(), timeout=60, message="the service to crash")
