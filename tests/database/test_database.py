@@ -363,6 +363,34 @@ def test_crash_in_two_phase_commit_applies_once(
     assert prepared_transactions(postgres) == []
 
 
+@pytest.mark.parametrize(
+    "path", ["/keyed/{}/updateConditional", "/idempotency/update", "/twoPhaseCommit/update"]
+)
+def test_kill_9_of_the_service_while_its_update_waits_on_the_row(
+    path: str, service: PatternService, ingress: Ingress, postgres: EmbeddedPostgres,
+    unique: Callable[[str], str],
+) -> None:  # fmt: skip
+    """kill -9 in the middle of the update's step (its statement waits on a row lock that the
+    test holds): the open transaction dies with the connection, the retry applies once."""
+    userid = new_user(postgres, unique("killed"))
+    path = path.format(userid)
+    body: Any = 12 if path.startswith("/keyed/") else {"userId": userid, "addCredits": 12}
+    key = unique("k")
+    with psycopg.connect(postgres.dsn) as locker:
+        locker.execute("SELECT 1 FROM users WHERE userid = %s FOR UPDATE", (userid,))
+        ingress.send(path, json=body, headers={"idempotency-key": key})
+        eventually(
+            lambda: query(postgres, "SELECT 1 FROM pg_locks WHERE NOT granted"),
+            message="the update to wait for the row lock",
+        )
+        service.kill()
+        locker.rollback()
+    service.start()
+    response = ingress.get(f"/restate/invocation{path}/{key}/attach", timeout=60)
+    assert response.status_code == 200, response.text
+    assert credits_of(postgres, userid) == 1012
+
+
 @pytest.mark.kills_server
 def test_service_and_server_killed_mid_two_phase_commit(
     database: Callable[..., PatternService], server: RestateServer, ingress: Ingress,
