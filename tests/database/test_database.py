@@ -17,6 +17,7 @@ from devkit.postgres import EmbeddedPostgres
 from devkit.processes import PatternService, RestateServer, register
 from tests.conftest import StartService
 from tests.harness import Ingress, count_lines, eventually
+from tests.test_loopback_only import listening
 
 JSON = {"content-type": "application/json"}
 
@@ -99,6 +100,15 @@ def crash_then_recover(
 def recover(ingress: Ingress, service: PatternService, path: str, key: str) -> httpx.Response:
     restart_without_crash(service)
     return ingress.get(f"/restate/invocation{path}/{key}/attach", timeout=60)
+
+
+def test_postgres_listens_on_no_tcp_port(postgres: EmbeddedPostgres) -> None:
+    """Closed doors: the database answers on its Unix socket only."""
+    assert listening(postgres) == []
+    assert query(postgres, "SHOW listen_addresses") == [{"listen_addresses": ""}]
+    assert query(postgres, "SHOW max_prepared_transactions") == [
+        {"max_prepared_transactions": "100"}
+    ], "db/init-config.sh ran, and the server restarted with its setting"
 
 
 # --- the original's walkthrough ------------------------------------------------------------
