@@ -23,6 +23,7 @@ from devkit.processes import RestateServer, free_port
 from devkit.pytest_restate import ALWAYS_REPLAY as REPLAY_SETTINGS
 from devkit.pytest_restate import StartServer, attach_log, lend
 from devkit.stripe_standin import LocalStripe
+from tests.fuzz.test_fuzz_bad_input import INPUTS_TRIED
 
 ALWAYS_REPLAY = os.environ.get("PATTERNS_ALWAYS_REPLAY") == "1"
 
@@ -69,11 +70,31 @@ _seconds: dict[str, float] = {}
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+    for name, value in report.user_properties:
+        if name == INPUTS_TRIED and isinstance(value, dict):
+            _fuzz_counts.update(value)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if TIMINGS_FILE and not hasattr(session.config, "workerinput"):  # the controller only
         Path(TIMINGS_FILE).write_text(json.dumps(_seconds, indent=0), encoding="utf-8")
+
+
+# The fuzz test records the bodies it sent per handler as a property of its report, so that
+# the counts reach the process that prints the summary also from pytest-xdist workers. (Here,
+# not in tests/fuzz/: with workers, the controlling process loads only this conftest.)
+_fuzz_counts: dict[str, int] = {}  # handler ("Service/handler") -> bodies sent to it
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _fuzz_counts:
+        return
+    width = max(len(handler) for handler in _fuzz_counts)
+    terminalreporter.section("fuzzed bad input: inputs tried per handler")
+    for handler, count in sorted(_fuzz_counts.items()):
+        terminalreporter.write_line(f"{handler:<{width}}  {count:>5}")
+    total = sum(_fuzz_counts.values())
+    terminalreporter.write_line(f"{'total':<{width}}  {total:>5}  ({len(_fuzz_counts)} handlers)")
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ from devkit.processes import RestateServer, register
 from devkit.pytest_restate import StartServer, http
 from tests.harness import Admin, StartService
 
-INPUTS_TRIED = "fuzz inputs tried"  # the test's property: handler -> bodies sent to it
+INPUTS_TRIED = "fuzz inputs tried"  # the property tests/conftest.py sums up: handler -> bodies
 ANSWER_BOUND = 15.0  # seconds: the client's timeout for one request
 EXAMPLES_PER_HANDLER = 25
 JSON = "application/json"
