@@ -165,6 +165,10 @@ class Bench:
         if self.active.get(scenario.module) != key:
             self._register(service, serving)
             self.active[scenario.module] = key
+            for path, body in scenario.setup:
+                headers = {"content-type": "application/json"}
+                url = f"{self.server.ingress_url}{path}"
+                httpx.post(url, content=body, headers=headers, timeout=30).raise_for_status()
             if scenario.feed is not None:
                 assert self.broker is not None
                 kafka.create_topic(self.broker.bootstrap, scenario.feed.topic)

@@ -55,6 +55,7 @@ class Scenario:
     feed: KafkaFeed | None = None  # RECORDS
     twin: str = ""  # the TypeScript scenario doing the same, measured side by side
     runtime: Runtime = Runtime.PYTHON
+    setup: tuple[tuple[str, str], ...] = ()  # (path, JSON body) posted once it is registered
 
 
 BASELINE = "baseline"
@@ -117,6 +118,18 @@ SCENARIOS = [
              '  if n % 2 == 1 then return "/PaymentProcessor/" .. id .. "/makePayment", '
              'string.format(\'{"accountId": "%s-a%d", "amountCents": 1}\', prefix, n % 50) end\n'
              '  return "/PaymentProcessor/" .. id .. "/cancelPayment", nil'),
+    Scenario("ratelimit", "myService/expensiveMethod behind a limiter set to 100/s, burst 10 "
+             "(holds the rate: ~100/s whatever the load)", "ratelimit",
+             lua='return "/myService/expensiveMethod", nil',
+             settings={"LIMITER_KEY": "bench"},
+             setup=(("/limiter/bench/setRate", '{"newLimit": 100, "newBurst": 10}'),)),
+    Scenario("promiseasaservice", "durablePromiseServer resolve, then await, a new promise "
+             "each pair", "promiseasaservice",
+             lua='local name = prefix .. "-" .. math.floor((n + 1) / 2)\n'
+             '  if n % 2 == 1 then return "/durablePromiseServer/resolve", string.format('
+             '\'{"request": {"promiseName": "%s", "value": %d}}\', name, n) end\n'
+             '  return "/durablePromiseServer/await", string.format('
+             '\'{"request": {"promiseName": "%s"}}\', name)'),
     Scenario("eventenrichment-kafka", "Kafka records -> subscription -> "
              "PackageTracker/updateLocation (state updated), 20 keys", "eventenrichment",
              Kind.RECORDS, unit="records/s", counted=r"Package {prefix}-\d+ is at ",
@@ -173,5 +186,6 @@ SERVINGS = [
     Serving("granian, HTTP/2, uvloop", "granian-uvloop", env=(("SERVER", "granian"), UVLOOP),
             package="granian", reads=("SERVER", "LOOP")),
 ]  # fmt: skip
-# The Python scenarios with a twin are compared with it served in these ways.
-TWIN_SERVINGS = [DEFAULT, GRANIAN]
+# The Python scenarios with a twin are compared with it served in these ways: the default,
+# and what SERVER=granian gives (uvloop, when installed, as the serving file chooses).
+TWIN_SERVINGS = [DEFAULT, SERVINGS[-1]]
