@@ -22,7 +22,8 @@ from pathlib import Path
 from devkit import ROOT, bench, patterns
 
 LOGS = ROOT / ".restate" / "test-logs"
-# Workers per pass: the tests wait far more than they compute (measured in CONTRIBUTING.md).
+# Workers per pass. With 4 (8 test processes in all) a full run kept both cores of the
+# 2-core machine busy (190% CPU over its 6.0 min, 2026-12-02): more would queue for the CPU.
 DEFAULT_WORKERS = 4
 FUZZ_TEST = "tests/fuzz/test_fuzz_bad_input.py::test_every_public_handler_refuses_malformed_bodies"
 
