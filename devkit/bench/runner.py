@@ -254,6 +254,15 @@ class Bench:
                 admin, f"SELECT target, status, count(*) AS n {in_flight} GROUP BY target, status"
             ):
                 say(f"[bench]   {row['n']} x {row['target']} {row['status']}")
+        # Invocations that keep backing off will not finish on their own (a timer that fires
+        # for a serving variant already retired): kill them, so that they do not hold every
+        # later measurement's wait too.
+        with contextlib.suppress(AssertionError, KeyError):
+            stuck = admin_query(admin, f"SELECT id {in_flight} AND status = 'backing-off'")
+            for row in stuck:
+                httpx.patch(f"{admin}/invocations/{row['id']}/kill", timeout=10)
+            if stuck:
+                say(f"[bench]   killed {len(stuck)} invocation(s) backing off")
 
     # one measurement --------------------------------------------------------------------
 
