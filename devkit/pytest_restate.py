@@ -1,8 +1,9 @@
 """pytest_restate: test a Restate service against a real `restate-server`, without Docker.
 
-A pytest plugin in one file that depends only on pytest and httpx: copy it next to your
-tests and load it with `-p pytest_restate` (`addopts` in your pytest configuration) or
-`pytest_plugins = ["pytest_restate"]` in your top-level `conftest.py`.
+A pytest plugin in one file that depends only on pytest and httpx: copy it into your tests
+folder and load it from that folder's `conftest.py` with `pytest_plugins = ["pytest_restate"]`
+(or with `addopts = "-p pytest_restate"` and `pythonpath = ["tests"]` in your pytest
+configuration).
 It finds `restate-server` in RESTATE_SERVER_BIN or on PATH (override the fixture
 `restate_server_binary` to find it elsewhere).
 
