@@ -11,9 +11,11 @@ from tests.harness import Admin, Ingress, StartService, assert_ingress_refuses, 
 JSON = {"content-type": "application/json"}
 
 
-def add(ingress: Ingress, key: str, item: Any) -> None:
+def add(ingress: Ingress, key: str, item: Any, timeout: float = 30) -> None:
     """The seed's `curl localhost:8080/Batcher/<key>/receive -d <item>`."""
-    response = ingress.post(f"/Batcher/{key}/receive", content=json.dumps(item), headers=JSON)
+    response = ingress.post(
+        f"/Batcher/{key}/receive", content=json.dumps(item), headers=JSON, timeout=timeout
+    )
     assert response.status_code == 200, f"{response.status_code} {response.text}"
 
 
@@ -66,7 +68,9 @@ def test_seed_walkthrough_gives_three_full_batches_and_one_undersized(
     with ThreadPoolExecutor(max_workers=len(items)) as pool:
         answers = []
         for count, item in enumerate(items, start=1):  # each a curl of the seed, in order
-            answers.append(pool.submit(add, ingress, key, item))
+            # each answers once the service is back: after all 32 are queued, which can take
+            # longer than the usual 30 s on a busy machine
+            answers.append(pool.submit(add, ingress, key, item, 240))
             eventually(lambda c=count: queued() >= c, 30, f"{count} items are queued")  # type: ignore[misc]
         service.start()
         for answer in answers:
