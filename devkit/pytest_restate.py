@@ -131,6 +131,10 @@ def wait_until(
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# util-linux's setpriv execs the command with the parent-death signal set. Preferred to a
+# preexec_fn, which runs Python in the forked child: with other threads busy (HTTP polls),
+# such a child was seen to hang before its exec, and the test with it.
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 def die_with_parent() -> None:
@@ -138,6 +142,13 @@ def die_with_parent() -> None:
     (Linux), so that nothing outlives a crashed test run."""
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _dying_with_parent(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command line and preexec_fn that make a child die with its parent."""
+    if _SETPRIV is not None:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+    return argv, die_with_parent if _libc is not None else None
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -203,16 +214,17 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Without a callback the child writes straight into its log file, so a line it
         # logged before answering a request is in the file when the answer arrives.
+        argv, preexec = _dying_with_parent(self.argv)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv,
+                argv,
                 cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if self.echo else log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent if _libc is not None else None,
+                preexec_fn=preexec,
             )
         if self not in _live:
             _live.append(self)
