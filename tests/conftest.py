@@ -20,12 +20,9 @@ import pytest
 from devkit import ROOT, binaries, kafka
 from devkit.kafka import TansuBroker
 from devkit.processes import RestateServer, free_port
-from devkit.pytest_restate import ALWAYS_REPLAY as REPLAY_SETTINGS
 from devkit.pytest_restate import StartServer, attach_log, lend
 from devkit.stripe_standin import LocalStripe
 from tests.fuzz.test_fuzz_bad_input import INPUTS_TRIED
-
-ALWAYS_REPLAY = os.environ.get("PATTERNS_ALWAYS_REPLAY") == "1"
 
 SERVER_SETTINGS = {
     # a small server: the suite runs on 2-core machines, several servers at once
@@ -36,13 +33,18 @@ SERVER_SETTINGS = {
     # after a crash, retry the service every second at most, not every minute
     "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "1s",
 }
-if ALWAYS_REPLAY:
-    SERVER_SETTINGS.update(REPLAY_SETTINGS)
 
 # Where each test's seconds go (`./dev test` sets it for each pass and reads it after).
 TIMINGS_FILE = os.environ.get("PATTERNS_TIMINGS_FILE")
 # The durations of an earlier run: the slowest tests are handed out first.
 DURATIONS = ROOT / "tests" / "durations.json"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """PATTERNS_ALWAYS_REPLAY=1 (the replay pass of ./dev test) is the plugin's
+    --restate-always-replay."""
+    if os.environ.get("PATTERNS_ALWAYS_REPLAY") == "1":
+        config.option.restate_always_replay = True
 
 
 @pytest.fixture(scope="session")
