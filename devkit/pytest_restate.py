@@ -32,6 +32,7 @@ shown with its report.
 import atexit
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -170,6 +171,11 @@ def free_port() -> int:
 
 
 _live: list["ManagedProcess"] = []
+
+
+def port_taken(process: "ManagedProcess") -> bool:
+    """Whether the process's log tail says it could not bind its port."""
+    return re.search(r"address (already )?in use", process.log_tail(200), re.I) is not None
 
 
 @atexit.register
@@ -389,6 +395,7 @@ class ServiceProcess(ManagedProcess):
         echo: Echo | None = None,
         argv: list[str] | None = None,
         cwd: Path | None = None,
+        move_if_taken: bool = False,
     ) -> None:
         env = dict(os.environ)
         env.update(settings or {})
@@ -399,14 +406,38 @@ class ServiceProcess(ManagedProcess):
         super().__init__(module, argv, log_path, env=env, cwd=cwd, echo=echo)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.move_if_taken = move_if_taken
+        self._started = False
 
     def start(self, timeout: float = 30.0) -> None:
-        super().start()
-        self.wait_ready(
-            lambda: http_ok(f"{self.url}/health"),
-            timeout,
-            f"{self.name} to listen on port {self.port}",
-        )
+        """Start it and wait for its health check. A port that free_port() handed out can be
+        taken by another process (a server of a test running beside) before the service
+        binds it: with `move_if_taken`, the first start then moves to another free port,
+        twice at most (a restart keeps its port, which Restate knows it by)."""
+        for attempt in range(3):
+            super().start()
+            try:
+                self.wait_ready(self._healthy, timeout, f"{self.name} to listen on {self.port}")
+                self._started = True
+                return
+            except ProcessError:
+                self.finish_stop(1.0)
+                if not self.move_if_taken or self._started or not port_taken(self) or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                assert self.env is not None
+                self.env["PORT"] = str(self.port)
+
+    def _healthy(self) -> bool:
+        """Its own health check answers, a Restate SDK's: the port may have been taken by
+        something else that answers 200 on /health too (restate-server's admin API)."""
+        try:
+            response = http().get(f"{self.url}/health", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        sdk = response.headers.get("x-restate-server", "").startswith("restate-sdk")
+        return response.status_code == 200 and sdk and self.running()
 
     def restart(self) -> None:
         self.stop()
@@ -622,17 +653,28 @@ def start_server(
     def start(
         base_dir: Path, config_file: Path | None = None, settings: dict[str, str] | None = None
     ) -> RestateServer:
-        server = RestateServer(
-            restate_server_binary,
-            base_dir,
-            ServerPorts.free(),
-            base_dir / "server.log",
-            settings={**restate_settings, **(settings or {})},
-            config_file=config_file,
-        )
-        started.append(server)
-        server.start()
-        return server
+        for attempt in range(3):
+            # a port that ServerPorts.free() handed out can be taken before the server binds
+            # it (by a process of a test running beside): then again, on new ports and in a
+            # new folder (the old one holds the node's old addresses)
+            folder = base_dir if attempt == 0 else base_dir.with_name(f"{base_dir.name}-{attempt}")
+            server = RestateServer(
+                restate_server_binary,
+                folder,
+                ServerPorts.free(),
+                folder / "server.log",
+                settings={**restate_settings, **(settings or {})},
+                config_file=config_file,
+            )
+            started.append(server)
+            try:
+                server.start()
+                return server
+            except ProcessError:
+                server.stop()
+                if attempt == 2 or not port_taken(server):
+                    raise
+        raise AssertionError("unreachable")
 
     yield start
     for server in started:
@@ -694,7 +736,9 @@ def start_service(
         module: str, settings: dict[str, str] | None = None, use_http_11: bool = False
     ) -> ServiceProcess:
         log = tmp_path / f"{module.replace('.', '-')}-{len(started)}.log"
-        service = ServiceProcess(module, free_port(), log, settings, cwd=request.config.rootpath)
+        service = ServiceProcess(
+            module, free_port(), log, settings, cwd=request.config.rootpath, move_if_taken=True
+        )
         started.append(service)
         attach_log(request, service)
         service.start()

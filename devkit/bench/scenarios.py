@@ -188,7 +188,10 @@ SERVINGS = [
     GRANIAN,
     Serving("granian, HTTP/2, uvloop", "granian-uvloop", env=(("SERVER", "granian"), UVLOOP),
             package="granian", reads=("SERVER", "LOOP")),
+    Serving("granian, HTTP/1.1 request/response", "granian-http11",
+            env=(("SERVER", "granian"), UVLOOP), use_http_11=True, package="granian",
+            reads=("SERVER", "LOOP")),
 ]  # fmt: skip
 # The Python scenarios with a twin are compared with it served in these ways: the default,
 # and what SERVER=granian gives (uvloop, when installed, as the serving file chooses).
-TWIN_SERVINGS = [DEFAULT, SERVINGS[-1]]
+TWIN_SERVINGS = [DEFAULT, next(s for s in SERVINGS if s.key == "granian-uvloop")]
