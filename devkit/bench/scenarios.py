@@ -193,5 +193,5 @@ SERVINGS = [
             reads=("SERVER", "LOOP")),
 ]  # fmt: skip
 # The Python scenarios with a twin are compared with it served in these ways: the default,
-# and what SERVER=granian gives (uvloop, when installed, as the serving file chooses).
+# and what SERVER=granian gives (uvloop, as the serving file chooses).
 TWIN_SERVINGS = [DEFAULT, next(s for s in SERVINGS if s.key == "granian-uvloop")]
