@@ -6,6 +6,7 @@ sagas, and concurrenttasks, which waits on timers and an awakeable) run again on
 reusing those tests' own assertions; `SERVER=granian ./dev test` runs the whole suite so.
 """
 
+import socket
 import subprocess
 import sys
 import time
@@ -203,3 +204,29 @@ def test_an_unknown_server_is_refused(tmp_path: Path) -> None:
     finally:
         service.stop()
     assert "SERVER=gunicorn: hypercorn (the default) or granian" in service.log_text()
+
+
+@pytest.mark.parametrize("name", ["granian", "hypercorn"])
+def test_more_idle_connections_than_granians_default_backpressure_do_not_stall_a_request(
+    name: str, start_service: StartService
+) -> None:
+    """Registered with HTTP/1.1, Restate opens a connection per request in flight and keeps
+    them open while idle. At granian's default backpressure (128 requests) the 129th
+    connection's request waited until idle ones closed (a 100-subtask fan-out took 30 s
+    instead of 1): 200 idle keep-alive connections must not hold a new request back."""
+    service = start_service("durablerpc", {"SERVER": name})
+    served_by(service, name)
+    idle = []
+    try:
+        for _ in range(200):
+            conn = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.append(conn)
+        for conn in idle:  # every one answered, and stays open (HTTP/1.1 keep-alive)
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "an idle connection's answer"
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "the 201st connection's answer"
+    finally:
+        for conn in idle:
+            conn.close()
