@@ -1,18 +1,17 @@
-"""Serve a pattern with another event loop or several hypercorn workers (`./dev bench`).
+"""Serve a pattern with several hypercorn workers (`./dev bench`), the one way of serving
+that the serving file cannot give (it keeps one process, one PID).
 
-`BENCH_LOOP=uvloop BENCH_WORKERS=2 python -m devkit.bench_serve <module>` (defaults:
-asyncio, 1). With one worker it runs the pattern's own `__main__.py` unchanged, with the
-chosen event loop as the default loop policy; with more, hypercorn's worker processes
-serve the pattern's `app` (from app.py) with the hypercorn settings the serving file uses
-(Restate's connection kept open). The benchmark compares these with the plain
-`python -m <pattern>` (the ways of serving in devkit/bench/scenarios.py).
+`BENCH_WORKERS=2 BENCH_LOOP=asyncio|uvloop python -m devkit.bench_serve <module>` (defaults:
+2, asyncio): hypercorn's worker processes serve the pattern's `app` (from app.py) with the
+hypercorn settings the serving file uses (Restate's connection kept open). The benchmark
+compares it with the plain `python -m <pattern>` (the ways of serving in
+devkit/bench/scenarios.py); another event loop needs no wrapper, the serving file reads
+LOOP.
 """
 
-import asyncio
 import importlib
 import logging
 import os
-import runpy
 import sys
 from typing import Any
 
@@ -34,14 +33,6 @@ def worker_app() -> Any:
 
 
 def main(module: str, loop: str, workers: int) -> None:
-    if loop == "uvloop":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    if workers <= 1:
-        sys.argv = [module]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        return
     config = Config()
     config.bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '9080')}"]
     # as in the serving file: Restate keeps one HTTP/2 connection open, never close it
@@ -59,5 +50,5 @@ if __name__ == "__main__":
     main(
         sys.argv[1],
         os.environ.get("BENCH_LOOP", "asyncio"),
-        int(os.environ.get("BENCH_WORKERS", "1")),
+        int(os.environ.get("BENCH_WORKERS", "2")),
     )

@@ -149,8 +149,8 @@ class Serving:
     key: str  # short name, for `./dev bench --servings http11,granian`
     env: tuple[tuple[str, str], ...] = ()  # added to the service's environment
     use_http_11: bool = False  # registration: request/response over HTTP/1.1
-    # served by devkit.bench_serve (hypercorn's event loop and workers, from BENCH_LOOP and
-    # BENCH_WORKERS) instead of the module's own `python -m <module>`
+    # served by devkit.bench_serve (hypercorn's worker processes, from BENCH_WORKERS)
+    # instead of the module's own `python -m <module>`
     wrapped: bool = False
     # the Python package this needs, and the variables the module's __main__.py must read
     package: str = "hypercorn"
@@ -171,8 +171,7 @@ class Serving:
         return ""
 
 
-# LOOP: read by the serving file once it chooses the event loop (else ignored; the
-# wrapper's BENCH_LOOP sets the loop then), so that each way names its loop.
+# LOOP: read by the serving file, set by every way so that each names its event loop.
 ASYNCIO = ("LOOP", "asyncio")
 UVLOOP = ("LOOP", "uvloop")
 DEFAULT = Serving("hypercorn, HTTP/2, asyncio, 1 worker", "default", env=(ASYNCIO,))
@@ -181,8 +180,8 @@ GRANIAN = Serving("granian, HTTP/2, asyncio", "granian", env=(("SERVER", "grania
 # Every scenario is also measured in these ways, each paired with DEFAULT round by round.
 SERVINGS = [
     Serving("hypercorn, HTTP/1.1 request/response", "http11", env=(ASYNCIO,), use_http_11=True),
-    Serving("hypercorn, HTTP/2, uvloop", "uvloop", env=(UVLOOP, ("BENCH_LOOP", "uvloop")),
-            wrapped=True, package="uvloop"),
+    Serving("hypercorn, HTTP/2, uvloop", "uvloop", env=(UVLOOP,), package="uvloop",
+            reads=("LOOP",)),
     Serving("hypercorn, HTTP/2, 2 workers", "workers2", env=(ASYNCIO, ("BENCH_WORKERS", "2")),
             wrapped=True),
     GRANIAN,
