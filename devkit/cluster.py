@@ -259,9 +259,13 @@ class Cluster:
 
     def register(self, service_uri: str, timeout: float = 120.0) -> list[str]:
         """Register a deployment through the first running node's admin API; retried while
-        the metadata store elects a leader."""
-        admin_url = self.running_nodes()[0].admin_url
-        return register(admin_url, service_uri, retry_for=timeout)
+        the metadata store elects a leader; returns once every running node's ingress
+        knows the services."""
+        running = self.running_nodes()
+        ingresses = [node.ingress_url for node in running]
+        return register(
+            running[0].admin_url, service_uri, retry_for=timeout, ingress_urls=ingresses
+        )
 
     def running_nodes(self) -> list[ClusterNode]:
         return [node for node in self.nodes if node.running()]

@@ -30,7 +30,9 @@ shown with its report.
 """
 
 import atexit
+import contextlib
 import ctypes
+import fcntl
 import os
 import re
 import shutil
@@ -38,10 +40,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -162,15 +165,89 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+# Ports are handed out from a block of this process's own, below the kernel's ephemeral
+# range (32768-60999 by default). A port the kernel picked for one pytest worker's bind(0)
+# was seen picked for another's a moment later, whose service then answered in place of
+# the first's (a test registered the wrong services). A block is claimed with a lock on a
+# file that this process holds until it ends: the two passes of `./dev test` run at once,
+# each with its workers, and a benchmark may run beside them.
+_PORT_BLOCKS, _BLOCK_SIZE = range(10000, 20000, 500), 500  # ./dev run --cluster: 25122 and up
+_port_block: tuple[int, Any] | None = None  # (first port, the open lock file)
+_port_cursor = 0
+
+
+def _claim_port_block() -> int | None:
+    global _port_block
+    if _port_block is None:
+        folder = Path(tempfile.gettempdir()) / f"restate-harness-ports-{os.getuid()}"
+        folder.mkdir(exist_ok=True)
+        for first in _PORT_BLOCKS:
+            lock = (folder / f"{first}.lock").open("w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another process's
+                lock.close()
+                continue
+            _port_block = (first, lock)
+            break
+        else:
+            return None
+    return _port_block[0]
+
+
 def free_port() -> int:
-    """A loopback port that nothing listens on right now."""
+    """A loopback port that nothing listens on right now, from this process's block (none
+    is handed out twice before the block has been gone through); the kernel's choice
+    where every block is taken."""
+    global _port_cursor
+    first = _claim_port_block()
+    for _ in range(_BLOCK_SIZE if first is not None else 0):
+        port = (first or 0) + _port_cursor
+        _port_cursor = (_port_cursor + 1) % _BLOCK_SIZE
+        if port_is_free(port):
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        kernels: int = s.getsockname()[1]
+        return kernels
+
+
+def listening_pids(port: int) -> set[int] | None:
+    """The processes holding a socket that listens on TCP `port`, from /proc; None where
+    there is no /proc to read (not Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return None
+        for line in lines:
+            fields = line.split()  # sl local remote state ... inode
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone, or not ours to read
+                if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                    pids.add(int(entry.name))
+    return pids
 
 
 _live: list["ManagedProcess"] = []
+
+
+def descendants(pid: int | None) -> set[int]:
+    """The children of `pid`, theirs, and so on (from /proc; empty where there is none)."""
+    found: set[int] = set()
+    todo = [pid] if pid else []
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                new = {int(child) for child in children.read_text().split()} - found
+                found |= new
+                todo.extend(new)
+    return found
 
 
 def port_taken(process: "ManagedProcess") -> bool:
@@ -437,7 +514,13 @@ class ServiceProcess(ManagedProcess):
         except httpx.HTTPError:
             return False
         sdk = response.headers.get("x-restate-server", "").startswith("restate-sdk")
-        return response.status_code == 200 and sdk and self.running()
+        return response.status_code == 200 and sdk and self.running() and self._listens()
+
+    def _listens(self) -> bool:
+        """Whether the socket on its port is its own (or a child's): another test's service
+        can hold that port and answer the same health check."""
+        holders = listening_pids(self.port)
+        return holders is None or bool(holders & {self.pid, *descendants(self.pid)})
 
     def restart(self) -> None:
         self.stop()
@@ -450,6 +533,7 @@ def register(
     timeout: float = 30.0,
     retry_for: float = 0.0,
     use_http_11: bool = False,
+    ingress_urls: Sequence[str] = (),
 ) -> list[str]:
     """Register (or re-register, `force`) a deployment; the names of its services.
 
@@ -457,6 +541,9 @@ def register(
     cluster whose metadata store is electing a leader answers 500 for a moment).
     `use_http_11`: the server calls the service with one HTTP/1.1 request/response per
     invocation step instead of a bidirectional HTTP/2 stream.
+    `ingress_urls`: return only once each of these ingresses knows the services. The admin
+    API answers when the new schema is stored; an ingress learns it a moment later, and
+    until then answers 404 "service not found" (seen on a busy machine).
     """
     body: dict[str, object] = {"uri": service_uri, "force": True}
     if use_http_11:
@@ -467,7 +554,10 @@ def register(
             response = http().post(f"{admin_url}/deployments", json=body, timeout=timeout)
             problem = f"{response.status_code} {response.text}"
             if response.status_code < 300:
-                return [service["name"] for service in response.json()["services"]]
+                names = [service["name"] for service in response.json()["services"]]
+                for ingress_url in ingress_urls:
+                    wait_until_known(ingress_url, names, timeout)
+                return names
             if response.status_code < 500:
                 break
         except httpx.HTTPError as error:
@@ -476,6 +566,26 @@ def register(
             break
         time.sleep(0.5)
     raise ProcessError(f"registering {service_uri} at {admin_url} failed: {problem}")
+
+
+def wait_until_known(ingress_url: str, names: list[str], timeout: float = 30.0) -> None:
+    """Wait until the ingress routes these services: a call of a handler that cannot exist
+    ("~probe") answers 404 "service 'X' not found" until then, and 400 (bad path) or 404
+    (no such handler) after; nothing is invoked either way."""
+
+    def unknown(name: str) -> bool:
+        try:
+            response = http().post(f"{ingress_url}/{name}/~probe", timeout=5.0)
+        except httpx.TransportError:
+            return True
+        return response.status_code == 404 and f"service '{name}' not found" in response.text
+
+    wanted = ", ".join(names)
+    wait_until(
+        lambda: not any(unknown(name) for name in names),
+        timeout,
+        f"the ingress {ingress_url} to know {wanted}",
+    )
 
 
 def admin_query(admin_url: str, sql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -742,7 +852,12 @@ def start_service(
         started.append(service)
         attach_log(request, service)
         service.start()
-        register(server.admin_url, service.url, use_http_11=use_http_11)
+        register(
+            server.admin_url,
+            service.url,
+            use_http_11=use_http_11,
+            ingress_urls=[server.ingress_url],
+        )
         return service
 
     yield start

@@ -91,7 +91,10 @@ def test_with_identity_signed_calls_work_and_unsigned_ones_are_refused(
     attach_log(request, signing_server)
     service = serve(keys.service_settings())
     # discovery through the server is signed, so registering works
-    assert register(signing_server.admin_url, service.url) == ["ProductService"]
+    known_to = [signing_server.ingress_url]
+    assert register(signing_server.admin_url, service.url, ingress_urls=known_to) == [
+        "ProductService"
+    ]
     ingress = Ingress(signing_server)
     response = ingress.post("/ProductService/product-identity/reserve")
     assert response.status_code == 200, response.text

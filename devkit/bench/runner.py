@@ -180,7 +180,12 @@ class Bench:
     def _register(self, service: Served, serving: Serving) -> None:
         """Register (force) and check that the server now routes its services to it."""
         admin = self.server.admin_url
-        names = register(admin, service.url, use_http_11=serving.use_http_11)
+        names = register(
+            admin,
+            service.url,
+            use_http_11=serving.use_http_11,
+            ingress_urls=[self.server.ingress_url],
+        )
         with httpx.Client(base_url=admin, timeout=30) as client:
             for name in names:
                 deployment = client.get(f"/services/{name}").raise_for_status().json()
