@@ -258,7 +258,13 @@ def cmd_run(
         )
         started.append(service)
         service.start()
-        names = nodes.register(SERVICE_URI) if nodes else register(admin_url, SERVICE_URI)
+        # on a server of our own, the first curl must not meet an ingress yet to learn them
+        ours = [INGRESS_URL] if any(isinstance(p, RestateServer) for p in started) else []
+        names = (
+            nodes.register(SERVICE_URI)
+            if nodes
+            else register(admin_url, SERVICE_URI, ingress_urls=ours)
+        )
         say(f"[dev] services {', '.join(names)} registered from {SERVICE_URI}")
         if subscription is not None:
             kafka.create_topic(f"localhost:{KAFKA_PORT}", subscription.topic)

@@ -10,13 +10,16 @@ It finds `restate-server` in RESTATE_SERVER_BIN or on PATH (override the fixture
 Fixtures:
 - `restate_server`: one real server per test process (per pytest-xdist worker), on free
   loopback ports, state in a temporary folder; started on first use, stopped at the end.
+  Each test process takes its ports from a block of its own (10000-19999, below the
+  kernel's ephemeral range), so parallel workers and runs are never handed the same port.
 - `server`: that server, lent to one test; a test marked `@pytest.mark.kills_server` gets
   a fresh server of its own instead, which it may `kill()` (kill -9) and `start()` again on
   the same ports and state. A shared server the test left down is started again.
 - `start_service(module, settings)`: serves your app as a real process (`python -m
   module`, with PORT and HOST set and the settings in its environment), waits until it
-  answers on `/health`, and registers it with `server`; `.kill()` and `.start()` crash and
-  restart it. Stopped when the test ends.
+  answers on `/health` from a socket of its own process, and registers it with `server`,
+  returning once the server's ingress routes its services; `.kill()` and `.start()` crash
+  and restart it. Stopped when the test ends.
 - `ingress`, `admin`: the server's ingress and admin API, every call with a timeout.
 - `unique("order")`: "order-1f2e3d4c", a key of this test's own.
 Helpers: `eventually(check, timeout, message)` polls with a bound; `RestateServer`,
@@ -212,9 +215,9 @@ def free_port() -> int:
         return kernels
 
 
-def listening_pids(port: int) -> set[int] | None:
-    """The processes holding a socket that listens on TCP `port`, from /proc; None where
-    there is no /proc to read (not Linux)."""
+def listening_pids(port: int, among: set[int] | None = None) -> set[int] | None:
+    """The processes (of `among`, or all) holding a socket that listens on TCP `port`, from
+    /proc; None where there is no /proc to read (not Linux)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -223,14 +226,15 @@ def listening_pids(port: int) -> set[int] | None:
             return None
         for line in lines:
             fields = line.split()  # sl local remote state ... inode
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
                 inodes.add(f"socket:[{fields[9]}]")
+    if among is None:
+        among = {int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
     pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):  # gone, or not ours to read
-                if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
-                    pids.add(int(entry.name))
+    for pid in among:
+        with contextlib.suppress(OSError):  # gone, or not ours to read
+            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                pids.add(pid)
     return pids
 
 
@@ -519,8 +523,9 @@ class ServiceProcess(ManagedProcess):
     def _listens(self) -> bool:
         """Whether the socket on its port is its own (or a child's): another test's service
         can hold that port and answer the same health check."""
-        holders = listening_pids(self.port)
-        return holders is None or bool(holders & {self.pid, *descendants(self.pid)})
+        ours = {self.pid, *descendants(self.pid)} if self.pid else set()
+        holders = listening_pids(self.port, among=ours)
+        return holders is None or bool(holders)
 
     def restart(self) -> None:
         self.stop()
