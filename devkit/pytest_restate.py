@@ -547,8 +547,8 @@ def register(
     `use_http_11`: the server calls the service with one HTTP/1.1 request/response per
     invocation step instead of a bidirectional HTTP/2 stream.
     `ingress_urls`: return only once each of these ingresses knows the services. The admin
-    API answers when the new schema is stored; an ingress learns it a moment later, and
-    until then answers 404 "service not found" (seen on a busy machine).
+    API answers when the new schema is stored; an ingress learns it from there, and until
+    then would answer 404 "service not found" (not seen here: a guard, it costs one call).
     """
     body: dict[str, object] = {"uri": service_uri, "force": True}
     if use_http_11:
