@@ -204,11 +204,12 @@ def free_port() -> int:
     where every block is taken."""
     global _port_cursor
     first = _claim_port_block()
-    for _ in range(_BLOCK_SIZE if first is not None else 0):
-        port = (first or 0) + _port_cursor
-        _port_cursor = (_port_cursor + 1) % _BLOCK_SIZE
-        if port_is_free(port):
-            return port
+    if first is not None:
+        for _ in range(_BLOCK_SIZE):
+            port = first + _port_cursor
+            _port_cursor = (_port_cursor + 1) % _BLOCK_SIZE
+            if port_is_free(port):
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         kernels: int = s.getsockname()[1]
