@@ -26,6 +26,13 @@ Unlike a bare in-flight counter, the queue remembers which tickets it admitted: 
 `drop` name their ticket, so a duplicate or stray one changes nothing and the number in
 flight stays between 0 and the limit. A caller that never reports back (its invocation was
 killed) gives its slot back when the ticket's lease runs out.
+
+The TypeScript original's callers send `done` with no body: such a `done` gives back the
+slot of the ticket admitted first (the count never goes below zero), so that collection's
+own queue client works against this object unchanged. Prefer the ticket id: a duplicate
+bodiless `done` frees a slot that is still in use, and a queue whose callers mix both kinds
+may keep one slot too few until a lease runs out (the bodiless `done` of one caller frees
+another's ticket, whose own `done` is then ignored).
 """
 
 import asyncio
@@ -149,6 +156,14 @@ def parse_ticket_id(body: bytes) -> str:
         ) from None
 
 
+def parse_done_body(body: bytes) -> str | None:
+    """The ticket a `done` names, or None for the original's `done` without one (no body or
+    `null`)."""
+    if not body or body.strip() == b"null":
+        return None
+    return parse_ticket_id(body)
+
+
 def as_body(value: BaseModel | str) -> bytes:
     """A handler's JSON body (the queue's handlers take raw bytes and validate them)."""
     if isinstance(value, BaseModel):
@@ -204,10 +219,18 @@ async def push(ctx: restate.ObjectContext, body: bytes) -> None:
 
 @queue.handler(input_serde=restate.serde.BytesSerde())
 async def done(ctx: restate.ObjectContext, body: bytes) -> None:
-    """An admitted caller has finished: its slot goes to the next ticket (internal)."""
-    awakeable = parse_ticket_id(body)
+    """An admitted caller has finished: its slot goes to the next ticket (internal). The body
+    names the caller's ticket; without one (the original's call) the ticket admitted first
+    gives its slot back."""
+    awakeable = parse_done_body(body)
     items, admitted = await load(ctx)
-    if awakeable in admitted:
+    if awakeable is None:
+        if admitted:
+            freed = admitted.pop(0)
+            logger.info("Done without a ticket id: the slot of %s (admitted first) is free", freed)
+        else:
+            logger.warning("Done without a ticket id while none is in flight: ignored")
+    elif awakeable in admitted:
         admitted.remove(awakeable)
         logger.info("Done %s", awakeable)
     else:  # reported twice, or its lease ran out, or never admitted: the count stays right

@@ -155,8 +155,9 @@ async def complete(ctx: restate.ObjectContext, outcome: bytes, verb: str) -> byt
 
 @promises.handler(input_serde=BYTES, output_serde=BYTES)
 async def resolve(ctx: restate.ObjectContext, body: bytes) -> bytes:
-    """Resolve with the body (any JSON value); the outcome that holds."""
-    value = json_body(body, "a JSON value")
+    """Resolve with the body (any JSON value); the outcome that holds. No body resolves with
+    `null`, as the original's `resolve()` without a value does (JSON has no `undefined`)."""
+    value = json_body(body, "a JSON value") if body else None
     return await complete(ctx, b'{"value":' + to_json(value, "body") + b"}", "resolved")
 
 
@@ -294,7 +295,9 @@ class PromiseId(Model):
 
 
 class FlatResolve(PromiseId):
-    value: Any  # required, any JSON value, null too
+    # any JSON value, null too; absent (the original's client resolving with `undefined`,
+    # which JSON drops) resolves with null
+    value: Any = None
 
 
 class FlatReject(PromiseId):

@@ -113,6 +113,18 @@ def json_value(body: bytes) -> bool:
     return loads(body)[0]
 
 
+def json_value_or_none(body: bytes) -> bool:
+    """promises/resolve: any JSON value, or no body (resolves with null, as the original's
+    `resolve()` without a value)."""
+    return body == b"" or loads(body)[0]
+
+
+def ticket_or_none(body: bytes) -> bool:
+    """queue/done: a ticket's awakeable id, or no body / null (the original's `done()`)."""
+    ok, value = loads(body)
+    return body == b"" or (ok and value is None) or awakeable_id(body)
+
+
 def nonempty_string(body: bytes) -> bool:
     ok, value = loads(body)
     return ok and isinstance(value, str) and value != ""
@@ -264,7 +276,7 @@ SPECS: dict[str, Spec] = {
         {"location": "Pinetree Road 5, Paris", "timestamp": "2024-10-10 13:00"},
     ),
     "PackageTracker/getPackageInfo": NoInput(),
-    "promises/resolve": Scalar(json_value, any_json=True),
+    "promises/resolve": Scalar(json_value_or_none, any_json=True),
     "promises/reject": Scalar(nonempty_string),
     "promises/peek": NoInput(),
     "promises/dispose": NoInput(),
@@ -330,7 +342,7 @@ SPECS: dict[str, Spec] = {
         {"awakeable": TEXT, "priority": NUMBER},
         {"awakeable": "sign_1z0zSDCMOs5xFe_VNXZFE-AIxo2PAsUibAAAAEQ", "priority": 1},
     ),
-    "queue/done": Scalar(awakeable_id),
+    "queue/done": Scalar(ticket_or_none),
     "queue/drop": Scalar(awakeable_id),
     # database: a userid is a non-empty string of at most 255 characters (varchar(255));
     # credits are whole numbers

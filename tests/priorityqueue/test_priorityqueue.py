@@ -430,8 +430,9 @@ def test_duplicate_and_stray_done_keep_the_count_within_0_and_the_limit(
         assert queue_state(admin) == before
         assert ignored(STRAY) == 3
 
-        # a done without a ticket (as the original's `done` was) is refused
-        for body in (None, 5, "not-an-awakeable"):
+        # a done whose body is not a ticket id is refused (no body at all is the original's
+        # `done()`: tests/polyglot)
+        for body in (5, "not-an-awakeable", {"awakeable": STRAY}):
             response = ingress.post(f"{QUEUE}/done", json=body)
             assert response.status_code == 400, response.text
             assert "awakeable" in response.json()["message"]
@@ -518,7 +519,8 @@ def test_bad_input_is_refused_with_400_naming_the_field_and_changes_nothing(
         (METHOD, [1, 2], "invalid ExpensiveRequest"),
         (f"{QUEUE}/push", {"awakeable": STRAY}, "priority: Field required"),
         (f"{QUEUE}/push", {"awakeable": "x", "priority": 1}, "awakeable: String should match"),
-        (f"{QUEUE}/done", None, "awakeable: missing"),
+        (f"{QUEUE}/done", 5, "awakeable: Input should be a valid string"),
+        (f"{QUEUE}/drop", None, "awakeable: missing"),
         (f"{QUEUE}/drop", {"awakeable": STRAY}, "awakeable: Input should be a valid string"),
     ]
     for path, body, message in cases:
