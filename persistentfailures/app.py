@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import os
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -152,6 +153,16 @@ def client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=SETTINGS.downstream_timeout.total_seconds())
 
 
+async def call(system: str, method: str, url: str, body: object = None) -> httpx.Response:
+    """One call of a downstream system; not reaching it is a (transient) DownstreamError."""
+    try:
+        return await client().request(method, url, json=body)
+    except httpx.HTTPError as error:
+        raise DownstreamError(
+            f"{system} did not answer ({type(error).__name__}: {error})"
+        ) from None
+
+
 def expect_ok(response: httpx.Response, system: str) -> None:
     if not response.is_success:
         error = response.json().get("error", "") if response.content else ""
@@ -161,23 +172,22 @@ def expect_ok(response: httpx.Response, system: str) -> None:
 
 
 async def reserve_stock(order_id: str, item: str) -> None:
-    response = await client().post(
-        f"{SETTINGS.downstream_url}/stock/reservations", json={"orderId": order_id, "item": item}
-    )
+    url = f"{SETTINGS.downstream_url}/stock/reservations"
+    response = await call("warehouse", "POST", url, {"orderId": order_id, "item": item})
     expect_ok(response, "warehouse")
     logger.info("Reserved %s for %s", item, order_id)
 
 
 async def release_stock(order_id: str) -> None:
-    response = await client().delete(f"{SETTINGS.downstream_url}/stock/reservations/{order_id}")
+    url = f"{SETTINGS.downstream_url}/stock/reservations/{order_id}"
+    response = await call("warehouse", "DELETE", url)
     expect_ok(response, "warehouse")
     logger.info("Released the stock of %s", order_id)
 
 
 async def charge_card(order_id: str, card: str) -> str:
-    response = await client().post(
-        f"{SETTINGS.downstream_url}/payments", json={"orderId": order_id, "card": card}
-    )
+    url = f"{SETTINGS.downstream_url}/payments"
+    response = await call("payment provider", "POST", url, {"orderId": order_id, "card": card})
     if response.status_code == 429:  # retry when the provider says, not when backoff would
         delay = retry_after(response)
         when = f"in {delay.total_seconds():g} s, as it asks" if delay else "after the backoff"
@@ -208,7 +218,8 @@ def retry_after(response: httpx.Response) -> timedelta | None:
 
 
 async def book_label(order_id: str) -> str:
-    response = await client().post(f"{SETTINGS.carrier_url}/labels", json={"orderId": order_id})
+    url = f"{SETTINGS.carrier_url}/labels"
+    response = await call("carrier", "POST", url, {"orderId": order_id})
     expect_ok(response, "carrier")
     tracking_number = str(response.json()["trackingNumber"])
     logger.info("Booked shipping label %s for %s", tracking_number, order_id)
@@ -236,8 +247,13 @@ def render_invoice_blocking(order_id: str) -> str:
         method="POST",
     )
     timeout = SETTINGS.downstream_timeout.total_seconds()
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return str(json.load(response)["invoice"])
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return str(json.load(response)["invoice"])
+    except urllib.error.HTTPError as error:
+        raise DownstreamError(f"invoice renderer answered {error.code} {error.reason}") from None
+    except OSError as error:  # not reached, or no answer in time
+        raise DownstreamError(f"invoice renderer did not answer ({error})") from None
 
 
 # --- the order ----------------------------------------------------------------------------
