@@ -4,13 +4,14 @@ and keep a blocking call off the event loop.
 `Order/<orderId>/place` takes an order through four systems (in `downstream.py`, a local
 stand-in), and each step meets a failure that retrying alone does not cure:
 
-    reserve stock ─> charge card ─────────────> book shipping label ─> render invoice ─> done
-          ▲            │ 503 at every attempt:     │ the carrier is down       │ a blocking
-          │            │ give up after 3 (RunOptions)   longer than the       │ client: run
-          │            │ 402: give up at once      │ retries: PAUSE (the       │ in a thread
-          └─ release ──┘ 429: again when told      │ handler's policy); resume │
-             stock       (Retry-After)             │ once the cause is fixed   │
-             (compensation; the caller gets 502 or 402)
+    reserve stock ──> charge card ──────────> book shipping label ──> render invoice ──> done
+         ▲                │                          │                        │
+         │   503 at every attempt: give  the carrier down longer     a blocking client:
+         │   up after 3 (RunOptions);    than the retries: PAUSE     run in a thread, so
+         │   402: at once; 429: again    (the handler's policy);     the event loop goes
+         │   when told (Retry-After)     resume once it is fixed     on meanwhile
+         │                │
+         └─ release stock ┘  (the compensation; the caller gets 502 or 402)
 
 - Before the card is charged, giving up is cheap. `RunOptions(max_attempts=3)` limits the
   charge step: when the provider fails at every attempt, the step raises a `TerminalError`,
@@ -165,10 +166,18 @@ async def call(system: str, method: str, url: str, body: object = None) -> httpx
 
 def expect_ok(response: httpx.Response, system: str) -> None:
     if not response.is_success:
-        error = response.json().get("error", "") if response.content else ""
         raise DownstreamError(
-            f"{system} answered {response.status_code} {response.reason_phrase}: {error}"
+            f"{system} answered {response.status_code} {response.reason_phrase}: "
+            f"{error_of(response)}"
         )
+
+
+def error_of(response: httpx.Response) -> str:
+    """The error a downstream system gives: its JSON `error`, or the start of its body."""
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
 
 
 async def reserve_stock(order_id: str, item: str) -> None:
@@ -194,8 +203,9 @@ async def charge_card(order_id: str, card: str) -> str:
         logger.info("Payment provider busy: charging %s again %s", order_id, when)
         raise RetryableError("payment provider answered 429 Too Many Requests", retry_after=delay)
     if 400 <= response.status_code < 500:  # the provider refuses: asking again will not help
-        error = response.json().get("error", "")
-        raise restate.TerminalError(f"payment refused: {error}", status_code=response.status_code)
+        raise restate.TerminalError(
+            f"payment refused: {error_of(response)}", status_code=response.status_code
+        )
     expect_ok(response, "payment provider")  # 5xx: retried, within CHARGE_LIMITS
     payment_id = str(response.json()["paymentId"])
     logger.info("Charged %s: %s", order_id, payment_id)
