@@ -47,6 +47,11 @@ def attach(ingress: Ingress, order_id: str) -> httpx.Response:
     return ingress.get(f"/restate/invocation/Order/{order_id}/place/{order_id}/attach")
 
 
+def output_status(ingress: Ingress, order_id: str) -> int:
+    """470 while the order placed with `send` is not done."""
+    return ingress.get(f"/restate/invocation/Order/{order_id}/place/{order_id}/output").status_code
+
+
 def completed(order_id: str) -> dict[str, str]:
     return {"orderId": order_id, "paymentId": f"pay-{order_id}",
             "trackingNumber": f"TRK-{order_id}", "invoice": f"INV-{order_id}"}  # fmt: skip
@@ -181,7 +186,7 @@ def test_an_order_paused_by_a_carrier_outage_completes_once_resumed(
     record = downstream.order(order)
     assert (record["chargeCalls"], record["labelCalls"]) == (1, 3)
     assert admin.state("Order", order) == {"status": '"paid"'}
-    assert attach_output_status(ingress, order) == 470  # not done
+    assert output_status(ingress, order) == 470  # not done
     listed = restate_cli("invocations", "list", "--status", "paused", env=client_env).stdout
     assert f"Order/{order}/place" in listed
     assert why_paused(admin, order) == [
@@ -198,10 +203,6 @@ def test_an_order_paused_by_a_carrier_outage_completes_once_resumed(
     assert calls(downstream.order(order)) == {"reserveCalls": 1, "releaseCalls": 0,
         "chargeCalls": 1, "earlyChargeCalls": 0, "labelCalls": 4, "invoiceCalls": 1}  # fmt: skip
     assert_effects_once(service, order, PAID_LINES)
-
-
-def attach_output_status(ingress: Ingress, order_id: str) -> int:
-    return ingress.get(f"/restate/invocation/Order/{order_id}/place/{order_id}/output").status_code
 
 
 def test_an_order_paused_by_a_misconfigured_deployment_completes_on_a_new_one(
