@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devkit.processes import PatternService, RestateServer
+from devkit.processes import PatternService, RestateServer, http
 from tests.harness import Admin, Ingress, StartService, count_lines, eventually, restate_cli
 from tests.persistentfailures.standin import Downstream
 
@@ -216,14 +216,16 @@ def test_an_order_paused_by_a_misconfigured_deployment_completes_on_a_new_one(
 ) -> None:
     broken = start(start_service, downstream, CARRIER_URL=unused_port_url)
     order = unique("order")
-    send(ingress, order)
+    invocation_id = send(ingress, order)
     wait_paused(admin, order)
     assert why_paused(admin, order) == [
         "carrier did not answer (ConnectError: All connection attempts failed)"
     ]
 
-    # Resumed where it is pinned, the broken deployment, it fails and pauses again.
-    restate_cli("-y", "invocations", "resume", f"Order/{order}", env=client_env)
+    # Resumed where it is pinned, the broken deployment, it fails and pauses again (here
+    # with the admin API, which the CLI calls).
+    resumed = http().patch(f"{admin.server.admin_url}/invocations/{invocation_id}/resume")
+    assert resumed.is_success, f"{resumed.status_code} {resumed.text}"
     eventually(lambda: len(why_paused(admin, order)) == 2, 30, f"{order} paused again")
 
     fixed = start(start_service, downstream)  # registered beside it: the latest deployment
