@@ -31,6 +31,7 @@ from devkit.processes import (
     ProcessError,
     RestateServer,
     ServerPorts,
+    StandInProcess,
     http_ok,
     port_is_free,
     register,
@@ -197,18 +198,10 @@ def _start_own_standin(
     """The stand-in that the pattern's folder holds for the systems it calls."""
     _require_free(standin.port)
     say(f"[dev] starting {standin.module} (a stand-in for the systems it calls) on :{standin.port}")
-    process = ManagedProcess(
-        standin.module,
-        [sys.executable, "-m", standin.module],
-        STATE_DIR / "logs" / f"{standin.module}.log",
-        env={**os.environ, standin.port_env: str(standin.port)},
-        cwd=ROOT,
-        echo=echo,
-    )
+    log = STATE_DIR / "logs" / f"{standin.module}.log"
+    process = StandInProcess(standin.module, standin.port, standin.port_env, log, echo=echo)
     started.append(process)
     process.start()
-    url = f"http://127.0.0.1:{standin.port}/health"
-    process.wait_ready(lambda: http_ok(url), 30, f"{standin.module} to answer at {url}")
 
 
 def cmd_psql(args: list[str]) -> int:

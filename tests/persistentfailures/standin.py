@@ -1,28 +1,19 @@
 """The pattern's downstream stand-in (`python -m persistentfailures.downstream`) as the tests
 run it: one process per test session, and a client for its switches and records."""
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from devkit import ROOT
-from devkit.processes import ManagedProcess, http, http_ok
+from devkit.processes import StandInProcess, http
 
 # Quick to test: a Retry-After of 1 s (the smallest HTTP can say), renders without delay.
 STANDIN_SETTINGS = {"RETRY_AFTER_SECONDS": "1", "RATE_LIMITED_CALLS": "1", "RENDER_SECONDS": "0"}
 
 
-class Downstream(ManagedProcess):
+class Downstream(StandInProcess):
     def __init__(self, port: int, log_path: Path) -> None:
-        env = {**os.environ, **STANDIN_SETTINGS, "DOWNSTREAM_PORT": str(port)}
-        argv = [sys.executable, "-m", "persistentfailures.downstream"]
-        super().__init__("downstream", argv, log_path, env=env, cwd=ROOT)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        super().start()
-        self.wait_ready(lambda: http_ok(f"{self.url}/health"), timeout, f"{self.url}/health")
+        module = "persistentfailures.downstream"
+        super().__init__(module, port, "DOWNSTREAM_PORT", log_path, settings=STANDIN_SETTINGS)
 
     def service_settings(self, settings: dict[str, str]) -> dict[str, str]:
         """The service's settings, pointed at this stand-in."""
