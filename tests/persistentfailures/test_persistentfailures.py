@@ -1,6 +1,7 @@
 """Failures that do not go away: the walkthrough (give up and compensate, refuse at once, wait
-as told, pause and resume, resume on a new deployment, blocking calls in threads), crashes
-while paused and during the compensation, bad input."""
+as told, pause and resume, resume on a new deployment, blocking calls in threads and, for
+contrast, on the event loop), a crash while one order is paused and another compensates,
+bad input."""
 
 from collections.abc import Callable
 from typing import Any
@@ -310,7 +311,7 @@ def test_a_blocking_call_on_the_event_loop_stops_every_other_order(
 
 
 @pytest.mark.kills_server
-def test_a_paused_order_stays_paused_across_crashes_and_completes_once_resumed(
+def test_crashes_while_one_order_is_paused_and_another_is_compensating(
     start_service: StartService,
     server: RestateServer,
     downstream: Downstream,
@@ -319,67 +320,58 @@ def test_a_paused_order_stays_paused_across_crashes_and_completes_once_resumed(
     client_env: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
+    """kill -9 of the server and the service at the two moments that matter: an order
+    paused (the carrier is down), and another in its compensation (the stock release done
+    by the warehouse, its answer held), both at once."""
     service = start(start_service, downstream)
-    order = unique("order")
+    paused, compensating = unique("order"), unique("order")
     downstream.set_carrier(up=False)
-    send(ingress, order)
-    wait_paused(admin, order)
-
-    service.kill()
-    server.kill()
-    server.start()
-    service.start()
-    assert status(admin, order) == "paused"
-    assert f"Order/{order}/place" in (
-        restate_cli("invocations", "list", "--status", "paused", env=client_env).stdout
+    send(ingress, paused)
+    downstream.hold(compensating, "release")
+    send(ingress, compensating, "tok_unavailable")
+    wait_paused(admin, paused)
+    eventually(
+        lambda: downstream.received(compensating, "release") == 1, 30, "the compensation began"
     )
-
-    downstream.set_carrier(up=True)
-    restate_cli("-y", "invocations", "resume", f"Order/{order}", env=client_env)
-    response = attach(ingress, order)
-    assert response.status_code == 200, response.text
-    assert response.json() == completed(order)
-    # 3 label calls before the pause, 1 after the resume: none while paused, none twice
-    assert calls(downstream.order(order)) == {"reserveCalls": 1, "releaseCalls": 0,
-        "chargeCalls": 1, "earlyChargeCalls": 0, "labelCalls": 4, "invoiceCalls": 1}  # fmt: skip
-    assert_effects_once(service, order, PAID_LINES)
-
-
-@pytest.mark.kills_server
-def test_a_crash_during_the_compensation_releases_the_stock_once(
-    start_service: StartService,
-    server: RestateServer,
-    downstream: Downstream,
-    ingress: Ingress,
-    admin: Admin,
-    unique: Callable[[str], str],
-) -> None:
-    service = start(start_service, downstream)
-    order = unique("order")
-    downstream.hold(order, "release")
-    send(ingress, order, "tok_unavailable")
-    # the charge gave up after 3 attempts; the release is done but its answer held
-    eventually(lambda: downstream.received(order, "release") == 1, 30, "the compensation began")
 
     server.kill()  # first: a running server would count the dead service's refusals as attempts
     service.kill()
     service.start()
     server.start()
-    eventually(lambda: downstream.received(order, "release") == 2, 30, "the compensation again")
-    downstream.release(order, "release")
 
-    response = attach(ingress, order)
+    # The compensation runs again: its call was cut by the crash.
+    eventually(
+        lambda: downstream.received(compensating, "release") == 2, 30, "the compensation again"
+    )
+    downstream.release(compensating, "release")
+    response = attach(ingress, compensating)
     assert response.status_code == 502, response.text
-    assert response.json()["message"].startswith(f"Order {order} cancelled and its stock released")
-    record = downstream.order(order)
+    assert response.json()["message"].startswith(
+        f"Order {compensating} cancelled and its stock released"
+    )
+    record = downstream.order(compensating)
     # the charge's failure was in the journal: not charged again after the crash
     assert (record["reserveCalls"], record["chargeCalls"], record["releaseCalls"]) == (1, 3, 2)
     assert record["stock"] == "released"
-    assert admin.state("Order", order) == {"status": '"cancelled"'}
-    # the first release's answer never came back (the crash): its line was never written
+    assert admin.state("Order", compensating) == {"status": '"cancelled"'}
+    # the first release's answer never came back: its line (written after it) never was
     assert_effects_once(
-        service, order, ["Reserved socks for {order}", "Released the stock of {order}"]
+        service, compensating, ["Reserved socks for {order}", "Released the stock of {order}"]
     )
+
+    # The paused order is still paused, and made no attempt meanwhile (3 label calls).
+    assert status(admin, paused) == "paused"
+    listed = restate_cli("invocations", "list", "--status", "paused", env=client_env).stdout
+    assert f"Order/{paused}/place" in listed
+    assert downstream.order(paused)["labelCalls"] == 3
+    downstream.set_carrier(up=True)
+    restate_cli("-y", "invocations", "resume", f"Order/{paused}", env=client_env)
+    response = attach(ingress, paused)
+    assert response.status_code == 200, response.text
+    assert response.json() == completed(paused)
+    assert calls(downstream.order(paused)) == {"reserveCalls": 1, "releaseCalls": 0,
+        "chargeCalls": 1, "earlyChargeCalls": 0, "labelCalls": 4, "invoiceCalls": 1}  # fmt: skip
+    assert_effects_once(service, paused, PAID_LINES)
 
 
 # --- bad input -------------------------------------------------------------------------------
