@@ -31,6 +31,7 @@ from devkit.processes import (
     ProcessError,
     RestateServer,
     ServerPorts,
+    StandInProcess,
     http_ok,
     port_is_free,
     register,
@@ -191,6 +192,18 @@ def _start_postgres(started: list[ManagedProcess], pattern: str) -> dict[str, st
     return {"DATABASE_URL": database.dsn}
 
 
+def _start_own_standin(
+    started: list[ManagedProcess], standin: patterns.StandIn, echo: Echo
+) -> None:
+    """The stand-in that the pattern's folder holds for the systems it calls."""
+    _require_free(standin.port)
+    say(f"[dev] starting {standin.module} (a stand-in for the systems it calls) on :{standin.port}")
+    log = STATE_DIR / "logs" / f"{standin.module}.log"
+    process = StandInProcess(standin.module, standin.port, standin.port_env, log, echo=echo)
+    started.append(process)
+    process.start()
+
+
 def cmd_psql(args: list[str]) -> int:
     """psql on the database of `./dev run database` (or on DATABASE_URL, if set)."""
     dsn = os.environ.get("DATABASE_URL") or postgres.running_dsn(STATE_DIR / "postgres")
@@ -248,6 +261,9 @@ def cmd_run(
             settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
         if pattern in patterns.POSTGRES:
             settings.update(_start_postgres(started, pattern))
+        standin = patterns.STANDINS.get(pattern)
+        if standin is not None:
+            _start_own_standin(started, standin, prefixed(standin.module.split(".")[-1], width))
         _require_free(SERVICE_PORT)
         service = PatternService(
             pattern,

@@ -60,3 +60,21 @@ STRIPE = {"signalspayments"}
 # Patterns that use PostgreSQL: `./dev run` starts one (devkit/postgres.py) unless DATABASE_URL
 # points at the user's own.
 POSTGRES = {"database"}
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A process of the pattern's own folder (`python -m <module>`) standing in for the
+    systems the pattern calls: `./dev run` starts it first, on `port` (given to it in the
+    environment variable `port_env`), and waits for 200 at `/health`."""
+
+    module: str
+    port: int
+    port_env: str
+
+
+# Patterns whose folder holds a stand-in for the systems they call (part of what a user runs
+# and copies, so it lives in the folder, not in devkit/).
+STANDINS = {
+    "persistentfailures": StandIn("persistentfailures.downstream", 9081, "DOWNSTREAM_PORT"),
+}

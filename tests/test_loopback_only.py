@@ -2,8 +2,9 @@
 
 The test starts the same processes, through the same classes, that the launcher starts
 (restate-server plain and with the Kafka configuration, a pattern's service, the Tansu
-broker, the localstripe stand-in) and reads each one's listening TCP sockets from /proc:
-the socket inodes among its open files, matched against /proc/<pid>/net/tcp and tcp6.
+broker, the localstripe stand-in, the stand-ins that pattern folders hold) and reads each
+one's listening TCP sockets from /proc: the socket inodes among its open files, matched
+against /proc/<pid>/net/tcp and tcp6.
 """
 
 import ipaddress
@@ -13,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from devkit import binaries
+from devkit import binaries, patterns
 from devkit.kafka import TansuBroker
-from devkit.processes import ManagedProcess, PatternService, RestateServer, ServerPorts
+from devkit.processes import (
+    ManagedProcess,
+    PatternService,
+    RestateServer,
+    ServerPorts,
+    StandInProcess,
+    free_port,
+)
 from devkit.stripe_standin import LocalStripe
 from tests.harness import StartService
 
@@ -97,6 +105,18 @@ def test_broker_and_stripe_standin_listen_on_loopback_only(
 ) -> None:
     assert_loopback_only(kafka_broker, {kafka_broker.port})
     assert_loopback_only(stripe_standin, {stripe_standin.port})
+
+
+@pytest.mark.parametrize("pattern", sorted(patterns.STANDINS))
+def test_a_patterns_own_standin_listens_on_loopback_only(pattern: str, tmp_path: Path) -> None:
+    """The stand-ins that pattern folders hold (`./dev run` starts them, the same class)."""
+    spec = patterns.STANDINS[pattern]
+    standin = StandInProcess(spec.module, free_port(), spec.port_env, tmp_path / "standin.log")
+    standin.start()
+    try:
+        assert_loopback_only(standin, {standin.port})
+    finally:
+        standin.stop()
 
 
 def test_the_launchers_fixed_ports_use_the_same_loopback_binding(

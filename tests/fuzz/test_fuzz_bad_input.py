@@ -369,6 +369,7 @@ SPECS: dict[str, Spec] = {
     "database:twoPhaseCommit/update": Obj(
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
+    "Order/place": Obj({"item": NONEMPTY, "card": NONEMPTY}, {"item": "socks", "card": "tok_visa"}),
 }
 
 # --- generators ----------------------------------------------------------------------------
