@@ -57,6 +57,27 @@ KAFKA = {
 # (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET) are set.
 STRIPE = {"signalspayments"}
 
+
+@dataclass(frozen=True)
+class Serving:
+    """A way of serving a pattern other than its `python -m <pattern>`: the module to run,
+    the path under which it serves the Restate endpoint, and whether Restate must call it
+    over HTTP/1.1 (request/response) because the server speaks nothing else."""
+
+    module: str
+    path: str = ""
+    use_http_11: bool = False
+
+
+# Patterns whose subject is a way of serving: what `./dev run` starts, per `--server` choice
+# (the first one is the default).
+SERVING = {
+    "webapp": {
+        "hypercorn": Serving("webapp.on_hypercorn", "/restate"),
+        "uvicorn": Serving("webapp.on_uvicorn", "/restate", use_http_11=True),
+    },
+}
+
 # Patterns that use PostgreSQL: `./dev run` starts one (devkit/postgres.py) unless DATABASE_URL
 # points at the user's own.
 POSTGRES = {"database"}

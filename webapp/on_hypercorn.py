@@ -10,9 +10,11 @@ import asyncio
 import logging
 import os
 import signal
+from typing import cast
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.typing import ASGIFramework
 from restate import server
 
 from .fastapi_app import log_to_stderr, web
@@ -34,4 +36,5 @@ def stop() -> None:  # the invocations in flight get 3 s; Restate resumes the ot
 with asyncio.Runner() as runner:
     for signum in signal.SIGINT, signal.SIGTERM:  # through the SDK, whose app owns SIGTERM
         server.install_shutdown_hook(runner.get_loop(), stop, signum)
-    runner.run(serve(web, config, shutdown_trigger=stopped.wait))
+    # cast: Starlette and hypercorn spell the same ASGI interface with types of their own
+    runner.run(serve(cast(ASGIFramework, web), config, shutdown_trigger=stopped.wait))
