@@ -357,6 +357,10 @@ SPECS: dict[str, Spec] = {
     "database:twoPhaseCommit/update": Obj(
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
+    "Onboarding/onboard": Obj(
+        {"userId": NONEMPTY, "email": Field("str", constraint="email")},
+        {"userId": "alice", "email": "alice@example.com"},
+    ),
 }
 
 # --- generators ----------------------------------------------------------------------------
