@@ -257,6 +257,14 @@ def test_uvicorn_called_over_http2_fails_with_a_clear_error_until_registered_wit
     )
     assert "Http status code 500 Internal Server Error" in refused.stderr
     assert any("META0014" in line and HTTP11_ONLY in line for line in server.log_lines())
+    by_api = http().post(
+        f"{server.admin_url}/deployments", json={"uri": url, "force": True}, timeout=HTTP_TIMEOUT
+    )
+    assert by_api.status_code == 500
+    assert by_api.json()["restate_code"] == "META0014"
+    assert HTTP11_ONLY in by_api.json()["message"]
+    listed = http().get(f"{server.admin_url}/deployments", timeout=HTTP_TIMEOUT).json()
+    assert [d["protocol_type"] for d in listed["deployments"] if d["uri"] == url] == ["BidiStream"]
     assert invocation_row(admin, invocation)["status"] == "backing-off"
 
     # with the flag: request/response over HTTP/1.1, and the invocation goes on
