@@ -75,14 +75,19 @@ async def signup(signup: Signup, request: Request) -> Response:
 
 
 @web.exception_handler(RequestValidationError)
-async def bad_request(request: Request, error: Exception) -> JSONResponse:
+async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
     """400 naming each bad field, as the Restate handlers answer (FastAPI's default: 422)."""
-    assert isinstance(error, RequestValidationError)
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'body'}: {problem['msg']}"
-        for problem in error.errors()
-    )
+    problems = "; ".join(f"{field(problem)}: {problem['msg']}" for problem in error.errors())
     return JSONResponse({"code": 400, "message": f"Invalid request: {problems}"}, status_code=400)
+
+
+def field(problem: dict[str, Any]) -> str:
+    """The camelCase path of the field a validation problem is about, from its location
+    `("body", field, ...)`; "body" for the body as a whole (the location of a JSON syntax
+    error holds a character position, not a field)."""
+    if problem["type"] == "json_invalid":
+        return "body"
+    return ".".join(str(part) for part in problem["loc"][1:]) or "body"
 
 
 def tag(record: logging.LogRecord) -> bool:

@@ -304,7 +304,7 @@ def test_bad_signups_are_refused_with_400_naming_the_field_and_reach_no_handler(
         timeout=HTTP_TIMEOUT,
     )
     assert not_json.status_code == 400, not_json.text
-    assert not_json.json()["message"].startswith("Invalid request: ")
+    assert not_json.json()["message"] == "Invalid request: body: JSON decode error"
 
     # the route sent nothing to Restate; the handler refused before its first step
     sent = admin.query(
@@ -316,27 +316,26 @@ def test_bad_signups_are_refused_with_400_naming_the_field_and_reach_no_handler(
     assert http().get(f"{app_url(service)}/nope", timeout=HTTP_TIMEOUT).status_code == 404
 
 
-def test_with_identity_keys_the_mounted_endpoint_serves_only_signed_calls(
-    request: pytest.FixtureRequest, tmp_path: Path
+def test_the_app_alone_serves_its_routes_and_with_identity_keys_only_signed_restate_calls(
+    request: pytest.FixtureRequest, tmp_path: Path, unused_port_url: str
 ) -> None:
-    """The web app's port is public where the app is: IDENTITY_KEYS closes its Restate
-    endpoint to anyone but a Restate server holding the private key; the app's routes
-    (and the health check) stay open."""
+    """The web app with no Restate to talk to: its routes answer, and `/signup` says that
+    Restate cannot be reached. Its port is public where the app is: IDENTITY_KEYS closes the
+    mounted endpoint to anyone but a Restate server holding the private key, while the
+    app's routes (and the health check) stay open."""
     keys = identity.generate(tmp_path / "identity")
+    settings = {**keys.service_settings(), "RESTATE_INGRESS_URL": unused_port_url}
     service = PatternService(
-        "webapp.on_hypercorn",
-        free_port(),
-        tmp_path / "webapp.log",
-        keys.service_settings(),
-        cwd=ROOT,
-        path=PATH,
+        "webapp.on_hypercorn", free_port(), tmp_path / "webapp.log", settings, cwd=ROOT, path=PATH
     )
     attach_log(request, service)
     request.addfinalizer(service.stop)
     service.start()  # waits for <path>/health
-    discover = {"accept": "application/vnd.restate.endpointmanifest.v3+json"}
-    assert (
-        http().get(f"{service.url}/discover", headers=discover, timeout=HTTP_TIMEOUT).status_code
-        == 401
-    )
     assert http().get(f"{app_url(service)}/", timeout=HTTP_TIMEOUT).status_code == 200
+    refused = signup(service, user_of("grace"))
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["message"].startswith(f"cannot reach Restate at {unused_port_url}: ")
+
+    discover = {"accept": "application/vnd.restate.endpointmanifest.v3+json"}
+    unsigned = http().get(f"{service.url}/discover", headers=discover, timeout=HTTP_TIMEOUT)
+    assert unsigned.status_code == 401
