@@ -60,9 +60,10 @@ STRIPE = {"signalspayments"}
 
 @dataclass(frozen=True)
 class Serving:
-    """A way of serving a pattern other than its `python -m <pattern>`: the module to run,
-    the path under which it serves the Restate endpoint, and whether Restate must call it
-    over HTTP/1.1 (request/response) because the server speaks nothing else."""
+    """How `./dev run` serves a pattern: the module it runs (`python -m <module>`; the
+    pattern itself unless SERVING below says otherwise), the path under which that serves
+    the Restate endpoint, and whether Restate must call it over HTTP/1.1 (request/response)
+    because its web server speaks nothing else."""
 
     module: str
     path: str = ""
