@@ -3,7 +3,7 @@
 `web` answers its own routes (`/`, `/signup`) and, under `/restate`, Restate's calls of
 `app.py`'s services (`/restate/discover`, `/restate/invoke/<Service>/<handler>`,
 `/restate/health`): one process, one port. Register it with that path:
-`restate -y deployments register --force localhost:9080/restate` (on uvicorn add
+`restate -y deployments register --force http://localhost:9080/restate` (on uvicorn add
 `--use-http1.1`). `on_hypercorn.py` and `on_uvicorn.py` serve it.
 
 Settings: RESTATE_INGRESS_URL (where `/signup` hands work to Restate), IDENTITY_KEYS (serve

@@ -2,7 +2,7 @@
 
 hypercorn speaks HTTP/2 (cleartext, prior knowledge) to Restate and HTTP/1.1 to browsers
 and curl on the same port; Restate registers it as bidirectional streaming:
-`restate -y deployments register --force localhost:9080/restate`.
+`restate -y deployments register --force http://localhost:9080/restate`.
 Settings: HOST (127.0.0.1), PORT (9080), and those of fastapi_app.py.
 """
 

@@ -1,7 +1,7 @@
 """`python -m webapp.on_uvicorn`: the same web app on uvicorn, which speaks HTTP/1.1 only.
 
 Restate must then call it with one HTTP/1.1 request per invocation step: register it with
-`restate -y deployments register --force --use-http1.1 localhost:9080/restate`.
+`restate -y deployments register --force --use-http1.1 http://localhost:9080/restate`.
 Settings: HOST (127.0.0.1), PORT (9080), and those of fastapi_app.py.
 """
 
@@ -23,8 +23,9 @@ log_to_stderr()
 class Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """Leave SIGINT and SIGTERM to the hooks below (uvicorn's own handlers would be
-        replaced by the SDK's at the first invocation)."""
+        """Leave SIGINT and SIGTERM to the hooks below: the SDK's app installs its own
+        SIGTERM handler at its first request (a health check is one), after which uvicorn's
+        would never run, and SIGTERM would not stop the server."""
         yield
 
 
