@@ -218,6 +218,7 @@ def cmd_run(
 ) -> int:
     begin = time.monotonic()
     patterns.check(pattern)
+    serving = _serving(pattern, server)
     binaries.ensure_all()
     subscription = patterns.KAFKA.get(pattern)
     if with_cluster and subscription is not None:
@@ -255,7 +256,7 @@ def cmd_run(
                 keys,
             )
         settings = keys.service_settings() if keys is not None else {}
-        if server:
+        if server and serving.module == pattern:
             settings["SERVER"] = server  # read by the serving file, <pattern>/__main__.py
         if pattern in patterns.STRIPE:
             settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
@@ -266,22 +267,26 @@ def cmd_run(
             _start_own_standin(started, standin, prefixed(standin.module.split(".")[-1], width))
         _require_free(SERVICE_PORT)
         service = PatternService(
-            pattern,
+            serving.module,
             SERVICE_PORT,
             STATE_DIR / "logs" / f"{pattern}.log",
             settings=settings,
             echo=prefixed(pattern, width),
+            path=serving.path,
         )
         started.append(service)
         service.start()
         # on a server of our own, the first curl must not meet an ingress yet to learn them
         ours = [INGRESS_URL] if any(isinstance(p, RestateServer) for p in started) else []
+        uri = f"http://localhost:{SERVICE_PORT}{serving.path}" if serving.path else SERVICE_URI
+        http11 = serving.use_http_11
         names = (
-            nodes.register(SERVICE_URI)
+            nodes.register(uri, use_http_11=http11)
             if nodes
-            else register(admin_url, SERVICE_URI, ingress_urls=ours)
+            else register(admin_url, uri, use_http_11=http11, ingress_urls=ours)
         )
-        say(f"[dev] services {', '.join(names)} registered from {SERVICE_URI}")
+        how = " (HTTP/1.1, request/response)" if http11 else ""
+        say(f"[dev] services {', '.join(names)} registered from {uri}{how}")
         if subscription is not None:
             kafka.create_topic(f"localhost:{KAFKA_PORT}", subscription.topic)
             created = kafka.ensure_subscription(admin_url, subscription.topic, subscription.sink)
@@ -317,6 +322,22 @@ def cmd_run(
                 process.stop()
         if nodes is not None:
             nodes.stop()
+
+
+def _serving(pattern: str, server: str) -> patterns.Serving:
+    """What serves the pattern: `python -m <pattern>` (its `__main__.py`, which reads SERVER),
+    or, for a pattern whose subject is a way of serving, the module of the `--server` asked."""
+    choices = patterns.SERVING.get(pattern)
+    if choices is None:
+        if server not in ("", "hypercorn", "granian"):
+            served = ", ".join(patterns.SERVING)
+            raise DevError(f"--server {server} serves only {served}: use hypercorn or granian")
+        return patterns.Serving(pattern)
+    serving = choices.get(server or next(iter(choices)))
+    if serving is None:
+        raise DevError(f"{pattern} is served on {' or '.join(choices)} (--server)")
+    say(f"[dev] serving {pattern} with python -m {serving.module}")
+    return serving
 
 
 def _watch(started: list[ManagedProcess], nodes: cluster.Cluster | None) -> NoReturn:
@@ -466,10 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--server",
-        choices=["hypercorn", "granian"],
+        choices=["hypercorn", "granian", "uvicorn"],
         default=os.environ.get("SERVER", ""),
         help="the ASGI server that serves the pattern (default hypercorn; also SERVER=...; "
-        "docs/serving.md)",
+        "docs/serving.md); uvicorn: webapp only",
     )
     test = commands.add_parser(
         "test", help="lint, type-check and run the test suite in both passes, all at once"

@@ -257,14 +257,20 @@ class Cluster:
             interval=0.2,
         )
 
-    def register(self, service_uri: str, timeout: float = 120.0) -> list[str]:
+    def register(
+        self, service_uri: str, timeout: float = 120.0, use_http_11: bool = False
+    ) -> list[str]:
         """Register a deployment through the first running node's admin API; retried while
         the metadata store elects a leader; returns once every running node's ingress
         knows the services."""
         running = self.running_nodes()
         ingresses = [node.ingress_url for node in running]
         return register(
-            running[0].admin_url, service_uri, retry_for=timeout, ingress_urls=ingresses
+            running[0].admin_url,
+            service_uri,
+            retry_for=timeout,
+            use_http_11=use_http_11,
+            ingress_urls=ingresses,
         )
 
     def running_nodes(self) -> list[ClusterNode]:

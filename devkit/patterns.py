@@ -57,6 +57,28 @@ KAFKA = {
 # (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET) are set.
 STRIPE = {"signalspayments"}
 
+
+@dataclass(frozen=True)
+class Serving:
+    """How `./dev run` serves a pattern: the module it runs (`python -m <module>`; the
+    pattern itself unless SERVING below says otherwise), the path under which that serves
+    the Restate endpoint, and whether Restate must call it over HTTP/1.1 (request/response)
+    because its web server speaks nothing else."""
+
+    module: str
+    path: str = ""
+    use_http_11: bool = False
+
+
+# Patterns whose subject is a way of serving: what `./dev run` starts, per `--server` choice
+# (the first one is the default).
+SERVING = {
+    "webapp": {
+        "hypercorn": Serving("webapp.on_hypercorn", "/restate"),
+        "uvicorn": Serving("webapp.on_uvicorn", "/restate", use_http_11=True),
+    },
+}
+
 # Patterns that use PostgreSQL: `./dev run` starts one (devkit/postgres.py) unless DATABASE_URL
 # points at the user's own.
 POSTGRES = {"database"}

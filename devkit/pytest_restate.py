@@ -15,11 +15,13 @@ Fixtures:
 - `server`: that server, lent to one test; a test marked `@pytest.mark.kills_server` gets
   a fresh server of its own instead, which it may `kill()` (kill -9) and `start()` again on
   the same ports and state. A shared server the test left down is started again.
-- `start_service(module, settings)`: serves your app as a real process (`python -m
-  module`, with PORT and HOST set and the settings in its environment), waits until it
-  answers on `/health` from a socket of its own process, and registers it with `server`,
-  returning once the server's ingress routes its services; `.kill()` and `.start()` crash
-  and restart it. Stopped when the test ends.
+- `start_service(module, settings, use_http_11, path)`: serves your app as a real process
+  (`python -m module`, with PORT and HOST set and the settings in its environment), waits
+  until it answers on `<path>/health` from a socket of its own process, and registers it
+  with `server` (its URI ends in `path`, where a web app mounts the Restate endpoint;
+  `use_http_11` for a server that speaks only HTTP/1.1), returning once the server's
+  ingress routes its services; `.kill()` and `.start()` crash and restart it. Stopped
+  when the test ends.
 - `ingress`, `admin`: the server's ingress and admin API, every call with a timeout.
 - `unique("order")`: "order-1f2e3d4c", a key of this test's own.
 Helpers: `eventually(check, timeout, message)` polls with a bound; `RestateServer`,
@@ -466,7 +468,10 @@ class RestateServer(ManagedProcess):
 
 class ServiceProcess(ManagedProcess):
     """A Restate service as a real process (`python -m <module>` unless `argv` is given),
-    told its port by PORT and HOST, ready when it answers 200 on `/health`."""
+    told its port by PORT and HOST, ready when it answers 200 on `<path>/health`; `url`
+    (what Restate registers) is `http://127.0.0.1:<port><path>`, `path` being where the
+    process serves the Restate endpoint ("" for the root; "/restate" for one mounted
+    there inside a web app)."""
 
     def __init__(
         self,
@@ -478,6 +483,7 @@ class ServiceProcess(ManagedProcess):
         argv: list[str] | None = None,
         cwd: Path | None = None,
         move_if_taken: bool = False,
+        path: str = "",
     ) -> None:
         env = dict(os.environ)
         env.update(settings or {})
@@ -487,7 +493,8 @@ class ServiceProcess(ManagedProcess):
         argv = argv or [sys.executable, "-m", module]
         super().__init__(module, argv, log_path, env=env, cwd=cwd, echo=echo)
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.path = path
+        self.url = f"http://127.0.0.1:{port}{path}"
         self.move_if_taken = move_if_taken
         self._started = False
 
@@ -507,7 +514,7 @@ class ServiceProcess(ManagedProcess):
                 if not self.move_if_taken or self._started or not port_taken(self) or attempt == 2:
                     raise
                 self.port = free_port()
-                self.url = f"http://127.0.0.1:{self.port}"
+                self.url = f"http://127.0.0.1:{self.port}{self.path}"
                 assert self.env is not None
                 self.env["PORT"] = str(self.port)
 
@@ -844,16 +851,26 @@ StartService = Callable[..., ServiceProcess]
 def start_service(
     server: RestateServer, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[StartService]:
-    """`start_service(module, settings=None, use_http_11=False)`: serve `python -m module`
-    on a free port with these settings in its environment, and register it with `server`."""
+    """`start_service(module, settings=None, use_http_11=False, path="")`: serve `python -m
+    module` on a free port with these settings in its environment, and register it with
+    `server` at `<its address><path>` (see `ServiceProcess`)."""
     started: list[ServiceProcess] = []
 
     def start(
-        module: str, settings: dict[str, str] | None = None, use_http_11: bool = False
+        module: str,
+        settings: dict[str, str] | None = None,
+        use_http_11: bool = False,
+        path: str = "",
     ) -> ServiceProcess:
         log = tmp_path / f"{module.replace('.', '-')}-{len(started)}.log"
         service = ServiceProcess(
-            module, free_port(), log, settings, cwd=request.config.rootpath, move_if_taken=True
+            module,
+            free_port(),
+            log,
+            settings,
+            cwd=request.config.rootpath,
+            move_if_taken=True,
+            path=path,
         )
         started.append(service)
         attach_log(request, service)

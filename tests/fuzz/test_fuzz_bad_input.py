@@ -370,6 +370,10 @@ SPECS: dict[str, Spec] = {
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
     "Order/place": Obj({"item": NONEMPTY, "card": NONEMPTY}, {"item": "socks", "card": "tok_visa"}),
+    "Onboarding/onboard": Obj(
+        {"userId": NONEMPTY, "email": Field("str", constraint="email")},
+        {"userId": "alice", "email": "alice@example.com"},
+    ),
 }
 
 # --- generators ----------------------------------------------------------------------------

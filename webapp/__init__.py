@@ -1,0 +1,1 @@
+"""Serving inside an existing web app: FastAPI routes and Restate handlers on one port."""
