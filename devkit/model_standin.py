@@ -23,10 +23,12 @@ A script is JSON (a dict): `{"steps": [STEP, ...], "rules": [RULE, ...]}`, both 
   uses up its step: `[error(429), text("hi")]` answers 429 then "hi").
 - `rules` answer what comes after the steps: the first rule whose `when` matches the
   request answers it, as often as it matches. A rule is a STEP plus
-  `"when": {"user": REGEX, "last": "user"|"tool", "tool": NAME}` (all optional, all must
-  hold): `user` is searched (case-insensitive) in the last user message, its named groups
-  become template fields; `last` is the kind of the last input item (a user message, or a
-  tool's output); `tool` is the name of the tool whose output came last.
+  `"when": {"user": REGEX, "history": REGEX, "last": "user"|"tool", "tool": NAME}` (all
+  optional, all must hold): `user` is searched (case-insensitive) in the last user
+  message, its named groups become template fields; `history` likewise in the earlier user
+  messages of the conversation (the latest that matches: a chat's memory); `last` is the
+  kind of the last input item (a user message, or a tool's output); `tool` is the name of
+  the tool whose output came last.
 - no step or rule left: 400 `{"error": {"type": "standin_script_exhausted", ...}}`.
 
 A STEP is one of (each may add `"delay": SECONDS`, slept before answering):
@@ -35,9 +37,10 @@ A STEP is one of (each may add `"delay": SECONDS`, slept before answering):
   of the agent's tools (with an optional `"text"` beside them);
 - `{"status": 429, "message": "...", "retry_after": 1}`: an API error (429, 500, 503 ...);
   `retry_after` becomes the `retry-after` header.
-Text and argument strings are templates: `{user}` (the last user message), `{output}`
-(the last tool output), `{tool}` (the tool it came from) and the `user` regex's named
-groups are filled in; unknown `{names}` stay as they are.
+Text and argument strings are templates: `{user}` (the last user message), `{turn}` (how
+many user messages the conversation has), `{output}` (the last tool output), `{tool}` (the
+tool it came from) and the named groups of the `user` and `history` regexes are filled in;
+unknown `{names}` stay as they are.
 
 Which script answers a request: a test registers its script under a token (any unique
 string, e.g. `unique("t")`) and puts that token in the user's input; a request whose body
@@ -54,9 +57,10 @@ walkthrough answers the same however often it is run.
 - `PUT /_scripts/<token>` (body: a script) registers or replaces it, counts reset.
 - `GET /_scripts/<token>` -> `{"count": N, "answered": N, "requests": [REQUEST, ...]}`:
   every model request the token's script received, in order. REQUEST is `{"seq", "api",
-  "status", "step", "digest", "last", "answered"}`: `status` what was answered, `step` the
-  step index (or `"rule 0"`), `digest` a hash of the request's conversation (model, input
-  items, tools), `last` the kind of its last input item, `answered` False if the
+  "status", "step", "digest", "last", "turn", "answered"}`: `status` what was answered,
+  `step` the step index (or `"rule 0"`), `digest` a hash of the request's conversation
+  (model, input items, tools), `last` the kind of its last input item, `turn` how many
+  user messages it held (a chat's memory reaching the model), `answered` False if the
   connection was gone when the answer was written (e.g. the service was killed during a
   `delay`).
 - `DELETE /_scripts/<token>`.
@@ -217,6 +221,7 @@ class Conversation:
     def __init__(self, api: str, body: dict[str, Any]) -> None:
         self.api = api
         self.user = ""
+        self.users: list[str] = []  # every user message, oldest first
         self.output = ""
         self.tool = ""
         self.last = ""
@@ -252,6 +257,7 @@ class Conversation:
     def _message(self, role: str, content: Any) -> None:
         if role == "user":
             self.user = _text_of(content)
+            self.users.append(self.user)
             self.last = "user"
         elif role == "assistant":
             self.last = "assistant"
@@ -288,12 +294,20 @@ def _matches(rule: Step, conversation: Conversation) -> dict[str, str] | None:
         return None
     if "tool" in when and when["tool"] != conversation.tool:
         return None
+    fields: dict[str, str] = {}
     if "user" in when:
         found = re.search(when["user"], conversation.user, re.I | re.S)
         if found is None:
             return None
-        return {k: v for k, v in found.groupdict().items() if v is not None}
-    return {}
+        fields.update({k: v for k, v in found.groupdict().items() if v is not None})
+    if "history" in when:
+        earlier = conversation.users[:-1] if conversation.last == "user" else conversation.users
+        matches = [re.search(when["history"], text, re.I | re.S) for text in earlier]
+        latest = next((m for m in reversed(matches) if m is not None), None)
+        if latest is None:
+            return None
+        fields.update({k: v for k, v in latest.groupdict().items() if v is not None})
+    return fields
 
 
 class ScriptState:
@@ -341,12 +355,14 @@ class Standin:
             self.seq += 1
             record: dict[str, Any] = {
                 "seq": self.seq, "api": conversation.api, "status": 0, "step": label,
-                "digest": conversation.digest, "last": conversation.last, "answered": False,
+                "digest": conversation.digest, "last": conversation.last,
+                "turn": len(conversation.users), "answered": False,
             }  # fmt: skip
             state.requests.append(record)
         if step is not None:
             step = _fill(step, {"user": conversation.user, "output": conversation.output,
-                                "tool": conversation.tool, **fields})  # fmt: skip
+                                "tool": conversation.tool, "turn": str(len(conversation.users)),
+                                **fields})  # fmt: skip
         return token, step, label, record
 
 

@@ -70,3 +70,21 @@ def test_chat_completions_too(model: ModelStandin, unique: Callable[[str], str])
     call = response.json()["choices"][0]["message"]["tool_calls"][0]
     assert call["function"] == {"name": "lookup", "arguments": '{"city": "Rome"}'}
     assert model.count(token, 200) == 1
+
+
+def test_history_rules_see_earlier_user_messages(
+    model: ModelStandin, unique: Callable[[str], str]
+) -> None:
+    token = unique("t")
+    model.script(token, rules=[
+        {"when": {"user": "my name", "history": r"I am (?P<name>\w+)"}, "text": "{name} ({turn})"},
+        {"when": {"user": "my name"}, "text": "unknown ({turn})"},
+    ])  # fmt: skip
+    earlier = [{"role": "user", "content": f"I am Ada {token}"},
+               {"role": "assistant", "content": "Hello"}]  # fmt: skip
+    first = respond(model, f"my name? {token}").json()["output"][0]["content"][0]["text"]
+    assert first == "unknown (1)"
+    items = [*earlier, {"role": "user", "content": "my name?"}]
+    second = http().post(f"{model.url}/v1/responses", json={"model": "m", "input": items})
+    assert second.json()["output"][0]["content"][0]["text"] == "Ada (2)"
+    assert [r["turn"] for r in model.requests(token)] == [1, 2]
