@@ -359,6 +359,8 @@ SPECS: dict[str, Spec] = {
     ),
     # agent patterns (agents-core)
     "WeatherAgent/run": Obj({"message": NONEMPTY}, {"message": "What is the weather in Paris?"}),
+    "Chat/message": Obj({"message": NONEMPTY}, {"message": "Hi! My name is Alice."}),
+    "Chat/getHistory": NoInput(),
 }
 
 # --- generators ----------------------------------------------------------------------------
