@@ -2,9 +2,9 @@
 
 The test starts the same processes, through the same classes, that the launcher starts
 (restate-server plain and with the Kafka configuration, a pattern's service, the Tansu
-broker, the localstripe stand-in, the stand-ins that pattern folders hold) and reads each
-one's listening TCP sockets from /proc: the socket inodes among its open files, matched
-against /proc/<pid>/net/tcp and tcp6.
+broker, the localstripe and model stand-ins, the stand-ins that pattern folders hold) and
+reads each one's listening TCP sockets from /proc: the socket inodes among its open files,
+matched against /proc/<pid>/net/tcp and tcp6.
 """
 
 import ipaddress
@@ -16,6 +16,7 @@ import pytest
 
 from devkit import binaries, patterns
 from devkit.kafka import TansuBroker
+from devkit.model_standin import ModelStandin
 from devkit.processes import (
     ManagedProcess,
     PatternService,
@@ -100,11 +101,12 @@ def test_a_pattern_service_listens_on_loopback_only(start_service: StartService)
     assert_loopback_only(service, {service.port})
 
 
-def test_broker_and_stripe_standin_listen_on_loopback_only(
-    kafka_broker: TansuBroker, stripe_standin: LocalStripe
+def test_broker_and_stand_ins_listen_on_loopback_only(
+    kafka_broker: TansuBroker, stripe_standin: LocalStripe, model_standin: ModelStandin
 ) -> None:
     assert_loopback_only(kafka_broker, {kafka_broker.port})
     assert_loopback_only(stripe_standin, {stripe_standin.port})
+    assert_loopback_only(model_standin, {model_standin.port})
 
 
 @pytest.mark.parametrize("pattern", sorted(patterns.STANDINS))
