@@ -12,7 +12,7 @@ PATTERNS = patterns.known()
 REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8")
 # granian: the optional server of the serving file (SERVER=granian), imported only then
 ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "granian", "httpx", "croniter", "stripe",
-                     "psycopg"}  # fmt: skip
+                     "psycopg", "cryptography"}  # fmt: skip
 
 
 def imported_top_levels(pattern: str) -> set[str]:
