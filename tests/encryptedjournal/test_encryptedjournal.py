@@ -5,13 +5,14 @@ The walkthrough and the search of the server's files are in test_at_rest.py.
 """
 
 import json
+import runpy
 from collections.abc import Callable
 
 import httpx
 import pytest
 
 from devkit.processes import PatternService, RestateServer
-from encryptedjournal.codec import KeysError, parse_keys
+from encryptedjournal.codec import KeysError, from_environment, parse_keys
 from tests.encryptedjournal.helpers import (
     ENCRYPTED,
     answer,
@@ -54,13 +55,21 @@ def test_a_charge_in_flight_finishes_under_a_new_key_across_a_crash_of_server_an
     """Rotation: k2 put in front of k1 while a charge waits for its settlement, and both
     processes killed. The charge resumes: what it journaled under k1 is read, what it writes
     from then on is under k2; the card is charged and the receipt sent once."""
-    service = start_service("encryptedjournal", settings("k1", delay="2"))
+    service = start_service("encryptedjournal", settings("k1", delay="4"))
     customer = unique("ada")
     register(ingress, customer, "k1")
     sent = post(ingress, f"/Customer/{customer}/charge/send", CHARGE, codec("k1"),
                 headers={"idempotency-key": "charge-1"})  # fmt: skip
     assert sent.status_code == 202, sent.text
-    eventually(lambda: count_lines(service, "Charged 19.99") == 1, 30, "the card charged")
+    # the step's result is journaled once the settlement timer is: a kill before that would
+    # run the step again (Restate's steps are at least once up to their journaling)
+    eventually(
+        lambda: admin.journal_count("Command: Sleep", "settlement", f"Customer/{customer}/charge"),
+        30,
+        "the charge to wait for its settlement",
+    )
+    assert count_lines(service, "Charged 19.99") == 1
+    assert count_lines(service, "Receipt for payment") == 0, "too late: the settlement is over"
 
     service.kill()  # during the settlement timer
     server.kill()
@@ -274,29 +283,29 @@ def test_malformed_keys_are_refused_without_showing_the_key() -> None:
         assert secret[:8] not in str(error.value)
 
 
-def test_the_service_and_the_client_refuse_to_start_with_bad_settings(
+def test_the_keys_and_request_identity_are_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the service and the client do at start (both import codec.py; app.py checks
+    IDENTITY_KEYS), run in this process."""
+    monkeypatch.setenv("JOURNAL_KEYS", "k1:abc")
+    with pytest.raises(SystemExit, match=r"^JOURNAL_KEYS: the key of 'k1' is not base64$"):
+        from_environment()
+    monkeypatch.delenv("JOURNAL_KEYS")
+    assert from_environment().newest == "dev"
+    assert "JOURNAL_KEYS is not set: using the development key 'dev', which is public" in (
+        caplog.text
+    )
+    # the serving file builds the app anew (without the codec) when IDENTITY_KEYS is set
+    monkeypatch.setenv("JOURNAL_KEYS", keys("k1"))
+    monkeypatch.setenv("IDENTITY_KEYS", "publickeyv1_x")
+    with pytest.raises(SystemExit, match="IDENTITY_KEYS is set"):
+        runpy.run_module("encryptedjournal.app")
+
+
+def test_the_client_reports_an_unreachable_restate(
     client_env: dict[str, str], unused_port_url: str
 ) -> None:
-    port = unused_port_url.rsplit(":", 1)[1]  # where it would serve if it did not stop
-    result = run_module(
-        "encryptedjournal", env={**client_env, "PORT": port, "JOURNAL_KEYS": "k1:abc"}
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().endswith("JOURNAL_KEYS: the key of 'k1' is not base64")
-    # the serving file builds the app anew (without the codec) when IDENTITY_KEYS is set
-    result = run_module(
-        "encryptedjournal",
-        env={
-            **client_env,
-            "PORT": port,
-            "JOURNAL_KEYS": keys("k1"),
-            "IDENTITY_KEYS": "publickeyv1_x",
-        },
-    )
-    assert result.returncode == 1
-    assert "IDENTITY_KEYS is set" in result.stderr
-    assert "Running on" not in result.stderr
-
     env = {**client_env, "RESTATE_INGRESS_URL": unused_port_url, "JOURNAL_KEYS": keys("k1")}
     result = run_module("encryptedjournal.client", "get", "ada", env=env)
     assert result.returncode == 1
