@@ -5,7 +5,9 @@ for its handlers (so a new handler cannot be missed: one without an entry in `SP
 fails the test; handlers the admin API marks ingress-private are skipped). Each handler
 then gets bodies that are invalid for it (wrong types, missing fields, unknown fields,
 constraint violations, huge strings, non-JSON, empty, wrong JSON top-level types, deep
-nesting), and for each the test asserts:
+nesting); a handler whose bodies are encrypted (encryptedjournal, `Encrypted`) gets those
+bodies encrypted with the service's key, plus bodies that are not ciphertext under its keys
+(plain JSON, garbage, one byte changed, an unknown key). For each the test asserts:
 
 - an answer within `ANSWER_BOUND` seconds (the client's timeout; a retry loop fails it);
 - a 4xx status with a body `{"code": .., "message": ..}` whose message is not empty and,
