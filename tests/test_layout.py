@@ -12,9 +12,10 @@ PATTERNS = patterns.known()
 REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8")
 # granian: the optional server of the serving file (SERVER=granian), imported only then;
 # fastapi, uvicorn: the web app of webapp/ and one of its servers
-# agents, openai: the OpenAI Agents SDK and client, from restate-sdk's `openai` extra
+# agents, openai: the OpenAI Agents SDK and client, from restate-sdk's `openai` extra;
+# cryptography: AES-GCM in encryptedjournal's codec
 ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "granian", "httpx", "croniter", "stripe",
-                     "psycopg", "fastapi", "uvicorn", "agents", "openai"}  # fmt: skip
+                     "psycopg", "fastapi", "uvicorn", "agents", "openai", "cryptography"}  # fmt: skip
 
 
 def imported_top_levels(pattern: str) -> set[str]:

@@ -5,7 +5,9 @@ for its handlers (so a new handler cannot be missed: one without an entry in `SP
 fails the test; handlers the admin API marks ingress-private are skipped). Each handler
 then gets bodies that are invalid for it (wrong types, missing fields, unknown fields,
 constraint violations, huge strings, non-JSON, empty, wrong JSON top-level types, deep
-nesting), and for each the test asserts:
+nesting); a handler whose bodies are encrypted (encryptedjournal, `Encrypted`) gets those
+bodies encrypted with the service's key, plus bodies that are not ciphertext under its keys
+(plain JSON, garbage, one byte changed, an unknown key). For each the test asserts:
 
 - an answer within `ANSWER_BOUND` seconds (the client's timeout; a retry loop fails it);
 - a 4xx status with a body `{"code": .., "message": ..}` whose message is not empty and,
@@ -39,6 +41,7 @@ from devkit import ROOT, patterns
 from devkit.postgres import EmbeddedPostgres
 from devkit.processes import RestateServer, register
 from devkit.pytest_restate import StartServer, http
+from encryptedjournal.codec import EncryptingCodec
 from tests.harness import Admin, StartService
 
 INPUTS_TRIED = "fuzz inputs tried"  # the property tests/conftest.py sums up: handler -> bodies
@@ -87,7 +90,18 @@ class Signed:
     """A Stripe webhook: only bodies signed with the webhook secret are valid."""
 
 
-Spec = Obj | Scalar | NoInput | Signed
+@dataclass(frozen=True)
+class Encrypted:
+    """A body encrypted by the service's journal value codec (encryptedjournal): the bad
+    bodies of `inner`, encrypted with the service's key, must be refused as `inner` says
+    (naming the field); bodies that are not ciphertext under a key of the service (plain
+    JSON, garbage, a changed byte, an unknown key) must be refused too."""
+
+    inner: "Obj | Scalar"
+    keys: str  # the service's JOURNAL_KEYS, newest first
+
+
+Spec = Obj | Scalar | NoInput | Signed | Encrypted
 
 
 def loads(body: bytes) -> tuple[bool, Any]:
@@ -191,6 +205,9 @@ STRIPE_WEBHOOK_EVENT = Obj(
      "data": {"object": {"id": "invoice123", "customer": "cus_1"}}},
     extra_allowed=True,  # a Stripe event as the webhook delivers it (webhookcallbacks/app.py)
 )  # fmt: skip
+
+# encryptedjournal's key (the service gets it as JOURNAL_KEYS; the test encrypts with it)
+ENCRYPTEDJOURNAL_KEYS = "fuzz:ZnV6ei10ZXN0LWtleS1mdXp6LXRlc3Qta2V5LWZ1eno="
 
 # Keys are "Service/handler", or "pattern:Service/handler" where two patterns that are never
 # registered together use the same name for different inputs.
@@ -366,6 +383,21 @@ SPECS: dict[str, Spec] = {
     "database:idempotency/update": Obj(
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
+    "Customer/register": Encrypted(
+        Obj(
+            {"name": NONEMPTY, "email": Field("str", constraint="email"), "cardNumber": TEXT},
+            {"name": "Ada Lovelace", "email": "ada@example.com", "cardNumber": "4242424242424242"},
+        ),
+        ENCRYPTEDJOURNAL_KEYS,
+    ),
+    "Customer/charge": Encrypted(
+        Obj(
+            {"amountCents": Field("int", constraint="positive"), "description": NONEMPTY},
+            {"amountCents": 1999, "description": "Blood test"},
+        ),
+        ENCRYPTEDJOURNAL_KEYS,
+    ),
+    "Customer/get": NoInput(),
     "database:twoPhaseCommit/update": Obj(
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
@@ -519,8 +551,47 @@ def broken_object(draw: st.DrawFn, spec: Obj) -> Case:
     )
 
 
+OCTETS = "application/octet-stream"
+
+
+def seal(spec: Encrypted, case: Case) -> Case:
+    """The case's body encrypted with the service's key: refused as the inner spec says."""
+    codec = EncryptingCodec.from_setting(spec.keys)
+    return Case(codec.encode(case.body), OCTETS, case.names, f"encrypted {case.what}")
+
+
+def unsealed(spec: Encrypted) -> list[Case]:
+    """Bodies that are not ciphertext under the service's keys, though the JSON inside may be
+    valid: plain, garbage, cut short, one byte changed (in the header, nonce, ciphertext or
+    tag), or under a key the service does not have."""
+    codec = EncryptingCodec.from_setting(spec.keys)
+    stranger = EncryptingCodec.from_setting(f"unknown:{'A' * 43}=")
+    example = json.dumps(spec.inner.example if isinstance(spec.inner, Obj) else None).encode()
+    sealed = codec.encode(example)
+    header = len(sealed) - len(example) - 12 - 16  # "aesgcm:<id>:"
+
+    def flipped(position: int) -> Case:
+        body = bytearray(sealed)
+        body[position] ^= 0x01
+        return Case(bytes(body), OCTETS, what=f"byte {position} changed")
+
+    return [
+        Case(example, JSON, what="plain JSON"),
+        Case(example, OCTETS, what="plain JSON as bytes"),
+        Case(b"", OCTETS, what="empty"),
+        Case(b"", None, what="empty, no content type"),
+        Case(b"\xff\xfe\x00garbage", OCTETS, what="garbage"),
+        Case(sealed, "text/plain", what="ciphertext, wrong content type"),
+        Case(sealed[: header + 12 + 15], OCTETS, what="cut short"),
+        *(flipped(at) for at in (0, header - 2, header + 3, header + 12 + 1, len(sealed) - 1)),
+        Case(stranger.encode(example), OCTETS, what="under an unknown key"),
+    ]
+
+
 def cases(spec: Spec) -> st.SearchStrategy[Case]:
-    """Bodies that are invalid for a handler with this spec."""
+    """Bodies that are invalid for a handler with this spec (Encrypted: see generate)."""
+    if isinstance(spec, Encrypted):
+        return cases(spec.inner).map(lambda case: seal(spec, case))
     if isinstance(spec, Obj):
         example = json.dumps(spec.example).encode()
         not_an_object = (json_values | huge()).filter(lambda v: not isinstance(v, dict))
@@ -586,6 +657,7 @@ SETTINGS: dict[str, Callable[[pytest.FixtureRequest, RestateServer], dict[str, s
         "stripe_standin"
     ).service_settings(),
     "database": lambda request, server: database_settings(request),
+    "encryptedjournal": lambda request, server: {"JOURNAL_KEYS": ENCRYPTEDJOURNAL_KEYS},
 }
 
 
@@ -673,6 +745,8 @@ def ingress_path(target: str, kind: str, key: str) -> str:
 
 def generate(spec: Spec) -> list[Case]:
     """Bodies that are invalid for a handler with this spec, chosen by Hypothesis."""
+    if isinstance(spec, Encrypted):
+        return [seal(spec, case) for case in generate(spec.inner)] + unsealed(spec)
     found: list[Case] = []
 
     @settings(

@@ -1,0 +1,1 @@
+"""Encrypted journal: AES-GCM journal value codec, rotating keys; Restate stores ciphertext only."""
