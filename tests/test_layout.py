@@ -15,7 +15,8 @@ REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8
 # agents, openai: the OpenAI Agents SDK and client, from restate-sdk's `openai` extra;
 # cryptography: AES-GCM in encryptedjournal's codec
 ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "granian", "httpx", "croniter", "stripe",
-                     "psycopg", "fastapi", "uvicorn", "agents", "openai", "cryptography"}  # fmt: skip
+                     "psycopg", "fastapi", "uvicorn", "agents", "openai",
+                     "cryptography"}  # fmt: skip
 
 
 def imported_top_levels(pattern: str) -> set[str]:
