@@ -65,7 +65,7 @@ class Model(BaseModel):
 class Order(Model):
     order_id: str = Field(min_length=1)
     customer_id: str = Field(min_length=1)
-    amount: float = Field(gt=0, allow_inf_nan=False)
+    amount: float = Field(gt=0, strict=True, allow_inf_nan=False)  # no "42", no true
 
 
 class Verdict(Model):

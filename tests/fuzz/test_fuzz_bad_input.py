@@ -357,6 +357,14 @@ SPECS: dict[str, Spec] = {
     "database:twoPhaseCommit/update": Obj(
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
+    "CheckoutService/checkout": Obj(
+        {
+            "orderId": NONEMPTY,
+            "customerId": NONEMPTY,
+            "amount": Field("number", constraint="positive"),
+        },
+        {"orderId": "order-1", "customerId": "customer-7", "amount": 42.5},
+    ),
 }
 
 # --- generators ----------------------------------------------------------------------------
