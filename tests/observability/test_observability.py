@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from devkit.observability import HttpProcess
 from devkit.otlp_receiver import OtlpReceiver
@@ -85,6 +86,17 @@ def done(spans: list[Span]) -> bool:
     return any(s["name"].startswith("invocation-end") for s in spans)
 
 
+def finished(last_step: str, fraud_checks: int = 1) -> Callable[[list[Span]], bool]:
+    """Whether every process has sent its spans of a checkout: the server its last one, the
+    service the span of its last step, the fraud check one per call. A process sends its
+    spans in the order they end, so an extra span would have arrived before these."""
+    return lambda spans: (
+        done(spans)
+        and len(named(spans, SERVICE, last_step)) >= 1
+        and len(named(spans, DOWNSTREAM, "POST /fraud-check")) >= fraud_checks
+    )
+
+
 def service_span_names(spans: list[Span]) -> Counter[tuple[str, str]]:
     return Counter((s["service"], s["name"]) for s in spans if s["service"] != RESTATE)
 
@@ -106,12 +118,8 @@ def test_walkthrough_one_trace_from_the_ingress_to_the_fraud_check(
     assert answer.json() == {"orderId": first, "status": "confirmed"}
 
     spans = wait_for_trace(
-        otlp_receiver,
-        trace_id,
-        lambda s: done(s) and len(named(s, DOWNSTREAM, "POST /fraud-check")) == 1
-        and len(named(s, SERVICE, "charge payment")) == 1,
-        f"the whole trace of {first}",
-    )  # fmt: skip
+        otlp_receiver, trace_id, finished("charge payment"), f"the whole trace of {first}"
+    )
     assert {s["trace_id"] for s in spans} == {trace_id}
     by_id = {s["span_id"]: s for s in spans}
     # restate-server: the ingress call joins the caller's trace, then the invocation
@@ -119,15 +127,16 @@ def test_walkthrough_one_trace_from_the_ingress_to_the_fraud_check(
     assert ingress_span["service"] == RESTATE
     assert ingress_span["parent_span_id"] == traceparent.split("-")[2]
     invocation_id = ingress_span["attributes"][INVOCATION]
-    (attempt,) = attempts(spans)
-    assert attempt["attributes"][INVOCATION] == invocation_id
+    tried = attempts(spans)  # one, or one per await where the server replays at every await
+    assert tried
+    assert {s["attributes"][INVOCATION] for s in tried} == {invocation_id}
     # the service: one span per step, each a child of the server's attempt span
     assert service_span_names(spans) == Counter(
         {(SERVICE, "reserve stock"): 1, (SERVICE, "POST /fraud-check"): 1,
          (SERVICE, "charge payment"): 1, (DOWNSTREAM, "POST /fraud-check"): 1}
     )  # fmt: skip
     for step in ("reserve stock", "POST /fraud-check", "charge payment"):
-        assert named(spans, SERVICE, step)[0]["parent_span_id"] == attempt["span_id"], step
+        assert named(spans, SERVICE, step)[0]["parent_span_id"] in {s["span_id"] for s in tried}
     # the HTTP call: the fraud check's span is a child of the caller's client span
     (call,) = named(spans, SERVICE, "POST /fraud-check")
     (served,) = named(spans, DOWNSTREAM, "POST /fraud-check")
@@ -148,9 +157,13 @@ def test_walkthrough_one_trace_from_the_ingress_to_the_fraud_check(
     )
     assert tree.returncode == 0, tree.stderr
     lines = tree.stdout.splitlines()
-    assert lines[0] == f"trace {trace_id}: 8 spans from 3 services"
+    assert lines[0] == f"trace {trace_id}: {len(spans)} spans from 3 services"
     assert any("ingress CheckoutService/checkout" in line for line in lines)
-    assert any(line.endswith("│  │  └─ POST /fraud-check") for line in lines), tree.stdout
+    # the fraud check's span one level below the call's
+    (client,) = [ln for ln in lines if f"{SERVICE}  " in ln and ln.endswith("POST /fraud-check")]
+    callee = lines[lines.index(client) + 1]
+    assert f"{DOWNSTREAM}  " in callee
+    assert callee.index("└─ POST /fraud-check") == client.index("POST /fraud-check"), tree.stdout
 
     # without a traceparent, restate-server starts the trace; the log line names it
     second = unique("order-2")
@@ -167,7 +180,7 @@ def test_walkthrough_one_trace_from_the_ingress_to_the_fraud_check(
     spans = wait_for_trace(
         otlp_receiver,
         invocation_id,
-        lambda s: done(s) and len(named(s, SERVICE, "release stock")) == 1,
+        finished("release stock"),
         f"the trace of {invocation_id}",
     )
     assert {s["trace_id"] for s in spans} == {new_trace_id}
@@ -208,7 +221,7 @@ def test_replaying_at_every_await_makes_no_extra_span(
             runs[mode] = wait_for_trace(
                 otlp_receiver,
                 trace_id,
-                lambda s: done(s) and len(named(s, SERVICE, "charge payment")) == 1,
+                finished("charge payment"),
                 f"the trace of {order_id}",
             )
             assert count_lines(service, f"Reserved stock for order {order_id}") == 1
@@ -265,10 +278,9 @@ def test_after_a_kill_9_of_the_service_mid_call_the_retry_is_in_the_same_trace(
     spans = wait_for_trace(
         otlp_receiver,
         trace_id,
-        lambda s: done(s) and len(named(s, DOWNSTREAM, "POST /fraud-check")) == 2
-        and len(named(s, SERVICE, "charge payment")) == 1,
+        finished("charge payment", fraud_checks=2),
         "the retried attempt's spans",
-    )  # fmt: skip
+    )
 
     # one trace: the attempts, the steps of both and both calls of the fraud check
     assert {s["trace_id"] for s in spans} == {trace_id}
@@ -280,14 +292,69 @@ def test_after_a_kill_9_of_the_service_mid_call_the_retry_is_in_the_same_trace(
     (reserved,) = named(spans, SERVICE, "reserve stock")  # once: the retry replayed it
     (charged,) = named(spans, SERVICE, "charge payment")
     (call,) = named(spans, SERVICE, "POST /fraud-check")  # the killed call's never ended
-    assert reserved["parent_span_id"] != charged["parent_span_id"] == call["parent_span_id"]
-    assert {reserved["parent_span_id"], charged["parent_span_id"]} <= {s["span_id"] for s in tried}
+    steps = (reserved, call, charged)
+    assert {step["parent_span_id"] for step in steps} <= {s["span_id"] for s in tried}
+    assert reserved["parent_span_id"] != call["parent_span_id"]  # the call in a later attempt
     served = named(spans, DOWNSTREAM, "POST /fraud-check")
     assert call["span_id"] in {s["parent_span_id"] for s in served}
     # every side effect once, the interrupted call twice
     assert count_lines(service, f"Reserved stock for order {order_id}") == 1
     assert count_lines(service, f"Charged 42.50 for order {order_id}") == 1
     assert count_lines(slow_fraud_check, f"[trace {trace_id}] Fraud check of order {order_id}") == 2
+
+
+@pytest.mark.kills_server
+def test_after_a_kill_9_of_the_server_mid_call_the_invocation_goes_on_in_its_trace(
+    start_service: StartService,
+    server: RestateServer,
+    ingress: Ingress,
+    otlp_receiver: OtlpReceiver,
+    slow_fraud_check: HttpProcess,
+    traced_settings: dict[str, str],
+    unique: Callable[[str], str],
+) -> None:
+    service = start_checkout(start_service, slow_fraud_check, traced_settings)
+    trace_id, traceparent = new_trace()
+    order_id = unique("order")
+    invocation_id = ingress.send(
+        "/CheckoutService/checkout", json=order(order_id), headers={"traceparent": traceparent}
+    )
+    wait_for_trace(
+        otlp_receiver,
+        trace_id,
+        lambda s: any(x["name"].startswith("invocation-start") for x in s),
+        "the server's span of the invocation",
+    )
+    eventually(
+        lambda: count_lines(slow_fraud_check, f"Fraud check of order {order_id}") == 1,
+        timeout=10,
+        message="the fraud check got the first call",
+    )
+    server.kill()
+    server.start()
+
+    def attached() -> httpx.Response | None:
+        response = ingress.get(f"/restate/invocation/{invocation_id}/attach")
+        return response if response.status_code == 200 else None
+
+    answer = eventually(attached, timeout=60, message="attach to the checkout after the crash")
+    assert answer.json() == {"orderId": order_id, "status": "confirmed"}
+    spans = wait_for_trace(
+        otlp_receiver,
+        trace_id,
+        finished("charge payment", fraud_checks=2),
+        "the spans after the restart",
+    )
+    assert {s["trace_id"] for s in spans} == {trace_id}
+    (started,) = named_like(spans, RESTATE, "invocation-start")
+    tried = attempts(spans)
+    assert tried, "no attempt span after the restart"
+    assert {s["parent_span_id"] for s in tried} == {started["span_id"]}
+    assert len(named(spans, SERVICE, "reserve stock")) == 1  # replayed after the restart
+    (charged,) = named(spans, SERVICE, "charge payment")
+    assert charged["parent_span_id"] in {s["span_id"] for s in tried}
+    assert count_lines(service, f"Reserved stock for order {order_id}") == 1
+    assert count_lines(service, f"Charged 42.50 for order {order_id}") == 1
 
 
 def test_bad_input_is_a_400_naming_the_field_and_runs_no_step(
