@@ -80,7 +80,11 @@ class FraudCheck(BaseHTTPRequestHandler):
                 "approved" if result["approved"] else "refused",
             )
             time.sleep(DELAY)
-            self.answer(200, result)
+            try:
+                self.answer(200, result)
+            except OSError:  # BrokenPipeError ...: the caller has gone (crashed?) meanwhile
+                span.set_status(trace.StatusCode.ERROR, "the caller hung up before the answer")
+                logger.warning("Order %s: the caller hung up before the answer", order["orderId"])
 
 
 def main() -> None:
