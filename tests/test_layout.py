@@ -11,8 +11,9 @@ from devkit import ROOT, patterns
 PATTERNS = patterns.known()
 REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8")
 # granian: the optional server of the serving file (SERVER=granian), imported only then
+# opentelemetry: the SDK and its OTLP exporter, declared for the observability pattern
 ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "granian", "httpx", "croniter", "stripe",
-                     "psycopg"}  # fmt: skip
+                     "psycopg", "opentelemetry"}  # fmt: skip
 
 
 def imported_top_levels(pattern: str) -> set[str]:
