@@ -19,6 +19,7 @@ and can be queried could be had from PyPI, npm or Debian).
 """
 
 import argparse
+import base64
 import json
 import sys
 import threading
@@ -184,11 +185,29 @@ def tree(spans: list[Span]) -> str:
     return "\n".join(lines)
 
 
+def from_otlp_json(body: bytes) -> Any:
+    """An ExportTraceServiceRequest from OTLP/JSON, which spells the ids in hex where
+    protobuf's JSON mapping expects base64 (the only difference that matters here)."""
+    from google.protobuf.json_format import ParseDict
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    data = json.loads(body)
+    for resource_spans in data.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for item in [span, *span.get("links", [])]:
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if item.get(key):
+                            item[key] = base64.b64encode(bytes.fromhex(item[key])).decode()
+    return ParseDict(data, ExportTraceServiceRequest())
+
+
 # --- the servers ---------------------------------------------------------------------------
 
 
 def _http_handler(store: Store) -> type[BaseHTTPRequestHandler]:
-    from google.protobuf.json_format import Parse
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
         ExportTraceServiceResponse,
@@ -212,18 +231,20 @@ def _http_handler(store: Store) -> type[BaseHTTPRequestHandler]:
             if urlsplit(self.path).path != "/v1/traces":
                 self._answer(404, b"not found: OTLP/HTTP traces go to /v1/traces\n", "text/plain")
                 return
-            request = ExportTraceServiceRequest()
             try:
                 if "json" in self.headers.get("content-type", ""):
-                    Parse(body, request)
+                    request = from_otlp_json(body)
                 else:
-                    request.ParseFromString(body)
+                    request = ExportTraceServiceRequest.FromString(body)
             except Exception as error:  # a malformed export: tell the sender, keep serving
                 self._answer(400, f"bad OTLP request: {error}\n".encode(), "text/plain")
                 return
             store.add(spans_of(request))
-            answer = ExportTraceServiceResponse().SerializeToString()
-            self._answer(200, answer, "application/x-protobuf")
+            if "json" in self.headers.get("content-type", ""):
+                self._answer(200, b"{}", "application/json")
+            else:
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self._answer(200, answer, "application/x-protobuf")
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
@@ -232,7 +253,8 @@ def _http_handler(store: Store) -> type[BaseHTTPRequestHandler]:
             if parts == ["health"]:
                 self._answer(200, b"ok\n", "text/plain")
             elif parts == ["traces"]:
-                limit = int(parse_qs(url.query).get("limit", ["20"])[0])
+                asked = parse_qs(url.query).get("limit", ["20"])[0]
+                limit = int(asked) if asked.isdigit() else 20
                 traces = store.summaries(limit)
                 if as_json:
                     self._answer(200, json.dumps(traces).encode(), "application/json")
