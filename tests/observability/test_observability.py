@@ -2,7 +2,6 @@
 the retried attempt in the same trace after a crash, bad input, loopback only."""
 
 import ipaddress
-import os
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -14,9 +13,10 @@ import pytest
 
 from devkit.observability import HttpProcess
 from devkit.otlp_receiver import OtlpReceiver
+from devkit.otlp_receiver import main as otlp_receiver_cli
 from devkit.processes import ManagedProcess, PatternService, RestateServer, register
 from devkit.pytest_restate import ALWAYS_REPLAY, StartServer
-from tests.harness import Ingress, StartService, eventually, run_module
+from tests.harness import Ingress, StartService, eventually
 from tests.test_loopback_only import listening
 
 Span = dict[str, Any]
@@ -102,6 +102,7 @@ def service_span_names(spans: list[Span]) -> Counter[tuple[str, str]]:
 
 
 def test_walkthrough_one_trace_from_the_ingress_to_the_fraud_check(
+    capsys: pytest.CaptureFixture[str],
     start_service: StartService,
     ingress: Ingress,
     otlp_receiver: OtlpReceiver,
@@ -151,19 +152,17 @@ def test_walkthrough_one_trace_from_the_ingress_to_the_fraud_check(
     assert f"[trace {trace_id}] Reserved stock" in line
     assert count_lines(fraud_check, f"[trace {trace_id}] Fraud check of order {first}") == 1
 
-    # the tree the README shows
-    tree = run_module(
-        "devkit.otlp_receiver", "tree", trace_id, "--url", otlp_receiver.url, env=dict(os.environ)
-    )
-    assert tree.returncode == 0, tree.stderr
-    lines = tree.stdout.splitlines()
+    # the tree the README shows (`python -m devkit.otlp_receiver tree`, in this process)
+    assert otlp_receiver_cli(["tree", trace_id, "--url", otlp_receiver.url]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
     assert lines[0] == f"trace {trace_id}: {len(spans)} spans from 3 services"
     assert any("ingress CheckoutService/checkout" in line for line in lines)
     # the fraud check's span one level below the call's
     (client,) = [ln for ln in lines if f"{SERVICE}  " in ln and ln.endswith("POST /fraud-check")]
     callee = lines[lines.index(client) + 1]
     assert f"{DOWNSTREAM}  " in callee
-    assert callee.index("└─ POST /fraud-check") == client.index("POST /fraud-check"), tree.stdout
+    assert callee.index("└─ POST /fraud-check") == client.index("POST /fraud-check"), printed
 
     # without a traceparent, restate-server starts the trace; the log line names it
     second = unique("order-2")
