@@ -14,8 +14,9 @@ request through three processes, as one trace:
            │  └─ charge payment
            └─ invocation-end
 
-- restate-server makes the spans of the invocation and of each attempt to run the handler,
-  and sends the attempt's span with the request to the service (`--tracing-endpoint`).
+- restate-server (given `--tracing-endpoint`) makes the spans of the invocation and of each
+  attempt to run the handler, and sends the attempt's span along with the request to the
+  service, as its `traceparent`.
 - The service makes one span per step, inside the step's function: a step that the journal
   replays does not run, so it makes no second span (`restate.ext.tracing` also makes no
   span while a handler replays).

@@ -63,9 +63,8 @@ def named_like(spans: list[Span], service: str, prefix: str) -> list[Span]:
 
 
 def attempts(spans: list[Span]) -> list[Span]:
-    return [
-        s for s in spans if s["service"] == RESTATE and s["name"].startswith("invocation-attempt")
-    ]
+    """The server's spans of the attempts to run the handler."""
+    return named_like(spans, RESTATE, "invocation-attempt")
 
 
 def wait_for_trace(
@@ -78,7 +77,7 @@ def wait_for_trace(
         spans = receiver.spans(key)
         return spans if spans and complete(spans) else None
 
-    return eventually(received, timeout=20, message=f"the receiver holds {what}")
+    return eventually(received, timeout=30, message=f"the receiver holds {what}")
 
 
 def done(spans: list[Span]) -> bool:
