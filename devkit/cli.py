@@ -273,6 +273,11 @@ def cmd_run(
             f"--cluster does not configure Kafka yet: run {pattern} on one server "
             "(./dev run without --cluster)"
         )
+    if with_cluster and pattern in patterns.TRACED:
+        raise DevError(
+            f"--cluster does not configure tracing yet: run {pattern} on one server "
+            "(./dev run without --cluster)"
+        )
     if with_cluster and with_identity:
         raise DevError("--identity is not set up for --cluster yet: use one of them")
     downstream = patterns.TRACED.get(pattern)
