@@ -20,12 +20,14 @@ from devkit import (
     cluster,
     identity,
     kafka,
+    observability,
     patterns,
     postgres,
     testrun,
 )
 from devkit.model_standin import SCRIPTS_DIR as MODEL_SCRIPTS
 from devkit.model_standin import ModelStandin, uses_model
+from devkit.otlp_receiver import GRPC_PORT, HTTP_PORT, OtlpReceiver
 from devkit.processes import (
     Echo,
     ManagedProcess,
@@ -47,6 +49,9 @@ SERVICE_PORT = 9080
 KAFKA_PORT = 9092
 STRIPE_PORT = 8420  # localstripe's usual port
 MODEL_PORT = 8431  # the model stand-in of the agent patterns (devkit/model_standin.py)
+# observability: spans sent every half second, so that a trace is whole a moment after its
+# answer (the OpenTelemetry default is 5 s)
+TRACE_BATCH_DELAY_MS = 500
 KAFKA_CONFIG = ROOT / "restate.toml"  # the seed's: restate-server --config-file restate.toml
 # Spelled as the seed's `restate deployments register localhost:9080` spells it, so that
 # registering by hand later replaces this deployment instead of adding a second one.
@@ -108,9 +113,11 @@ def _start_server(
     with_kafka: bool,
     fresh_broker: bool,
     keys: identity.KeyPair | None = None,
+    traced: bool = False,
 ) -> str:
     """Use the Restate server at RESTATE_ADMIN_URL, or start one (signing its requests to
-    services with `keys`, if given); its admin URL."""
+    services with `keys`, if given; sending its spans to the OTLP collector on localhost if
+    `traced`); its admin URL."""
     admin_url = os.environ.get("RESTATE_ADMIN_URL", ADMIN_URL)
     if http_ok(f"{admin_url}/health"):
         if keys is not None:
@@ -119,6 +126,11 @@ def _start_server(
                 "cannot give it a signing key: stop it, or run without --identity"
             )
         say(f"[dev] using the Restate server that answers at {admin_url}")
+        if traced:
+            say(
+                "[dev] note: it sends its spans where its --tracing-endpoint says; start it "
+                f"with --tracing-endpoint http://localhost:{GRPC_PORT} to see them here"
+            )
         if fresh_broker:
             say(
                 "[dev] note: that server must have been started with --config-file "
@@ -134,12 +146,16 @@ def _start_server(
         state_dir = STATE_DIR / "with-embedded-kafka"
         shutil.rmtree(state_dir, ignore_errors=True)
     say(f"[dev] starting restate-server ({binaries.find(binaries.SERVER)}), state in {state_dir}")
+    settings = keys.server_settings() if keys is not None else {}
+    if traced:
+        endpoint = f"http://localhost:{GRPC_PORT}"
+        settings.update(observability.server_settings(endpoint, TRACE_BATCH_DELAY_MS))
     server = RestateServer(
         binaries.find(binaries.SERVER),
         state_dir,
         ports,
         STATE_DIR / "logs" / "server.log",
-        settings=keys.server_settings() if keys is not None else None,
+        settings=settings,
         config_file=KAFKA_CONFIG if with_kafka else None,
         echo=echo,
     )
@@ -202,6 +218,51 @@ def _start_model_standin(started: list[ManagedProcess], pattern: str, echo: Echo
     return standin.service_settings()
 
 
+def _start_tracing(started: list[ManagedProcess], width: int) -> None:
+    """The local OTLP receiver, unless a collector (Jaeger ...) listens on its ports."""
+    if not (port_is_free(GRPC_PORT) and port_is_free(HTTP_PORT)):
+        say(
+            f"[dev] an OTLP collector listens on :{GRPC_PORT} or :{HTTP_PORT} (Jaeger? its UI is "
+            "http://localhost:16686): the spans go there"
+        )
+        return
+    say(
+        f"[dev] starting the local OTLP receiver (devkit/otlp_receiver.py) on :{GRPC_PORT} "
+        f"(gRPC) and :{HTTP_PORT} (HTTP); traces at http://localhost:{HTTP_PORT}/traces"
+    )
+    receiver = OtlpReceiver(
+        GRPC_PORT,
+        HTTP_PORT,
+        STATE_DIR / "logs" / "otlp-receiver.log",
+        echo=prefixed("otlp-receiver", width),
+    )
+    started.append(receiver)
+    receiver.start()
+
+
+def _start_downstream(
+    started: list[ManagedProcess], downstream: patterns.Downstream, width: int
+) -> dict[str, str]:
+    """The plain HTTP service a traced pattern calls; its spans go to the same collector."""
+    _require_free(downstream.port)
+    say(f"[dev] starting {downstream.name} (python -m {downstream.module}) on :{downstream.port}")
+    process = observability.HttpProcess(
+        downstream.name,
+        downstream.module,
+        downstream.port,
+        STATE_DIR / "logs" / f"{downstream.name}.log",
+        settings=_traced_settings(),
+        echo=prefixed(downstream.name, width),
+    )
+    started.append(process)
+    process.start()
+    return _traced_settings()
+
+
+def _traced_settings() -> dict[str, str]:
+    return observability.service_settings(f"http://localhost:{HTTP_PORT}", TRACE_BATCH_DELAY_MS)
+
+
 def _start_postgres(started: list[ManagedProcess], pattern: str) -> dict[str, str]:
     """PostgreSQL for the database pattern, unless DATABASE_URL points at one."""
     if os.environ.get("DATABASE_URL"):
@@ -250,9 +311,15 @@ def cmd_run(
             f"--cluster does not configure Kafka yet: run {pattern} on one server "
             "(./dev run without --cluster)"
         )
+    if with_cluster and pattern in patterns.TRACED:
+        raise DevError(
+            f"--cluster does not configure tracing yet: run {pattern} on one server "
+            "(./dev run without --cluster)"
+        )
     if with_cluster and with_identity:
         raise DevError("--identity is not set up for --cluster yet: use one of them")
-    width = max(len(pattern), len("restate-server n1"))
+    downstream = patterns.TRACED.get(pattern)
+    width = max(len(pattern), len("restate-server n1"), len(downstream.name) if downstream else 0)
     nodes: cluster.Cluster | None = None
     started: list[ManagedProcess] = []
     # Stop cleanly on SIGTERM and on SIGINT, even where SIGINT was ignored at start-up
@@ -268,6 +335,8 @@ def cmd_run(
         )
     try:
         fresh_broker = subscription is not None and _start_broker(started, prefixed("tansu", width))
+        if downstream is not None:
+            _start_tracing(started, width)
         if with_cluster:
             nodes = _start_cluster(started, width)
             admin_url = nodes.admin_url
@@ -278,6 +347,7 @@ def cmd_run(
                 subscription is not None,
                 fresh_broker,
                 keys,
+                traced=downstream is not None,
             )
         settings = keys.service_settings() if keys is not None else {}
         if server and serving.module == pattern:
@@ -291,6 +361,8 @@ def cmd_run(
             _start_own_standin(started, standin, prefixed(standin.module.split(".")[-1], width))
         if uses_model(pattern):
             settings.update(_start_model_standin(started, pattern, prefixed("model", width)))
+        if downstream is not None:
+            settings.update(_start_downstream(started, downstream, width))
         _require_free(SERVICE_PORT)
         service = PatternService(
             serving.module,

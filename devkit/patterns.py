@@ -100,3 +100,18 @@ class StandIn:
 STANDINS = {
     "persistentfailures": StandIn("persistentfailures.downstream", 9081, "DOWNSTREAM_PORT"),
 }
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """A plain HTTP service of a pattern (no Restate): `python -m <module>` on `port`."""
+
+    name: str
+    module: str
+    port: int
+
+
+# Patterns traced with OpenTelemetry: `./dev run` starts the local OTLP receiver
+# (devkit/otlp_receiver.py) unless a collector listens on its ports (e.g. Jaeger), gives
+# restate-server the tracing endpoint, and starts the HTTP service the pattern calls.
+TRACED = {"observability": Downstream("fraud-check", "observability.downstream", 9081)}

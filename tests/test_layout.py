@@ -13,10 +13,11 @@ REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8
 # granian: the optional server of the serving file (SERVER=granian), imported only then;
 # fastapi, uvicorn: the web app of webapp/ and one of its servers
 # agents, openai: the OpenAI Agents SDK and client, from restate-sdk's `openai` extra;
-# cryptography: AES-GCM in encryptedjournal's codec
+# cryptography: AES-GCM in encryptedjournal's codec; opentelemetry: the SDK and its OTLP
+# exporter, declared for the observability pattern
 ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "granian", "httpx", "croniter", "stripe",
-                     "psycopg", "fastapi", "uvicorn", "agents", "openai",
-                     "cryptography"}  # fmt: skip
+                     "psycopg", "fastapi", "uvicorn", "agents", "openai", "cryptography",
+                     "opentelemetry"}  # fmt: skip
 
 
 def imported_top_levels(pattern: str) -> set[str]:

@@ -414,6 +414,14 @@ SPECS: dict[str, Spec] = {
     "HumanClaimApprovalWithTimeoutsAgent/run": Obj({"message": NONEMPTY}, {"message": "3000USD"}),
     "ClaimReview/approve": NoInput(),
     "ClaimReview/reject": NoInput(),
+    "CheckoutService/checkout": Obj(
+        {
+            "orderId": NONEMPTY,
+            "customerId": NONEMPTY,
+            "amount": Field("number", constraint="positive"),
+        },
+        {"orderId": "order-1", "customerId": "customer-7", "amount": 42.5},
+    ),
 }
 
 # --- generators ----------------------------------------------------------------------------

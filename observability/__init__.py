@@ -1,0 +1,1 @@
+"""Observability: one OpenTelemetry trace across the ingress, the handler, its steps and HTTP."""
