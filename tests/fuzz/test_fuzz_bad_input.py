@@ -357,6 +357,12 @@ SPECS: dict[str, Spec] = {
     "database:twoPhaseCommit/update": Obj(
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
+    # versioning, as served by default (VERSION=v1; v2 takes the same bodies)
+    "Subscription/renew": Obj(
+        {"customer": NONEMPTY, "priceCents": Field("int", constraint="positive")},
+        {"customer": "alice", "priceCents": 999},
+    ),
+    "Subscription/status": NoInput(),
 }
 
 # --- generators ----------------------------------------------------------------------------
