@@ -104,9 +104,11 @@ def _start_server(
     with_kafka: bool,
     fresh_broker: bool,
     keys: identity.KeyPair | None = None,
+    fresh_state: str = "",
 ) -> str:
     """Use the Restate server at RESTATE_ADMIN_URL, or start one (signing its requests to
-    services with `keys`, if given); its admin URL."""
+    services with `keys`, if given; on a wiped state folder of that name, if
+    `fresh_state`); its admin URL."""
     admin_url = os.environ.get("RESTATE_ADMIN_URL", ADMIN_URL)
     if http_ok(f"{admin_url}/health"):
         if keys is not None:
@@ -120,6 +122,8 @@ def _start_server(
                 "[dev] note: that server must have been started with --config-file "
                 "restate.toml, and may skip offsets it consumed from an earlier broker"
             )
+        if fresh_state:
+            say("[dev] note: the walkthrough expects no deployments left from an earlier run")
         return admin_url
     ports = ServerPorts()
     _require_free(ports.ingress, ports.admin, ports.node, SERVICE_PORT)
@@ -128,6 +132,9 @@ def _start_server(
         # A fresh in-memory broker hands out offsets from 0 again, which a server that
         # consumed from an earlier broker would drop as duplicates: start from scratch.
         state_dir = STATE_DIR / "with-embedded-kafka"
+        shutil.rmtree(state_dir, ignore_errors=True)
+    elif fresh_state:
+        state_dir = STATE_DIR / fresh_state
         shutil.rmtree(state_dir, ignore_errors=True)
     say(f"[dev] starting restate-server ({binaries.find(binaries.SERVER)}), state in {state_dir}")
     server = RestateServer(
@@ -240,6 +247,7 @@ def cmd_run(
                 subscription is not None,
                 fresh_broker,
                 keys,
+                pattern if pattern in patterns.FRESH_STATE else "",
             )
         settings = keys.service_settings() if keys is not None else {}
         if server:

@@ -60,3 +60,8 @@ STRIPE = {"signalspayments"}
 # Patterns that use PostgreSQL: `./dev run` starts one (devkit/postgres.py) unless DATABASE_URL
 # points at the user's own.
 POSTGRES = {"database"}
+
+# Patterns whose walkthrough registers and removes deployments: `./dev run` starts their
+# server on a state of their own, wiped at start, so that deployments registered by an
+# earlier run (still "latest", or in the way of registering an address again) are gone.
+FRESH_STATE = {"versioning"}

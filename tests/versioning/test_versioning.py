@@ -21,7 +21,7 @@ from tests.harness import Admin, Ingress, StartService, count_lines, eventually,
 
 # The README's queries, verbatim: where each renewal is pinned, and the drain check.
 PINNED = (
-    "SELECT i.id, i.target, i.status, i.pinned_deployment_id, d.endpoint FROM sys_invocation i "
+    "SELECT i.target, i.status, i.pinned_deployment_id, d.endpoint FROM sys_invocation i "
     "LEFT JOIN sys_deployment d ON i.pinned_deployment_id = d.id "
     "WHERE i.target LIKE 'Subscription/%/renew' ORDER BY i.created_at"
 )
@@ -95,8 +95,13 @@ def unfinished(deployment: str, env: dict[str, str]) -> int | None:
     return counts.get(deployment)
 
 
-def pinned(invocation: str, env: dict[str, str]) -> dict[str, Any]:
-    return next(row for row in sql(PINNED, env) if row["id"] == invocation)
+def pinned(subscription: str, env: dict[str, str]) -> dict[str, Any]:
+    """The README's row of this subscription's renewal: where it runs."""
+    rows = [
+        row for row in sql(PINNED, env) if row["target"] == f"Subscription/{subscription}/renew"
+    ]
+    assert len(rows) == 1, rows
+    return rows[0]
 
 
 def renew(ingress: Ingress, subscription: str, body: Any = None) -> str:
@@ -149,9 +154,10 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
 
     # each renewal is pinned to the deployment that was the latest when it started
     eventually(lambda: notices(v2, sub2) == 1, timeout=15, message="v2 sends sub-2's notice")
-    assert pinned(first, client_env)["pinned_deployment_id"] == dp1
-    assert pinned(second, client_env)["pinned_deployment_id"] == dp2
-    assert pinned(second, client_env)["endpoint"] == f"{v2.url}/"
+    assert pinned(sub1, client_env)["pinned_deployment_id"] == dp1
+    assert pinned(sub1, client_env)["endpoint"] == f"{v1.url}/"
+    assert pinned(sub2, client_env)["pinned_deployment_id"] == dp2
+    assert pinned(sub2, client_env)["endpoint"] == f"{v2.url}/"
 
     # v1 is not drained: the check counts sub-1, and the CLI refuses to remove it
     assert unfinished(dp1, client_env) == 1
@@ -183,8 +189,8 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
     assert "META0006" in said(breaking)
     assert "changing the service type" in said(breaking)
     assert ingress.get(f"/Subscription/{sub1}/status").status_code == 200  # v2 still serves
-    # ... until forced: then every caller's path (/Subscription/<id>/...) is a bad path
-    restate_cli("-y", "deployments", "register", "--force", v3.url, env=client_env)
+    # ... until allowed: then every caller's path (/Subscription/<id>/...) is a bad path
+    restate_cli("-y", "deployments", "register", "--breaking", v3.url, env=client_env)
 
     def broken() -> bool:
         response = ingress.get(f"/Subscription/{sub1}/status")
@@ -202,7 +208,12 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
         message="v2 serves status again",
     )
     assert ingress.get(f"/Subscription/{sub1}/status").json() == V1_ANSWER
-    assert count_lines(v3, "renewal notice") == 0  # nothing ran on v3
+    # nothing ran on v3: it is drained, and goes
+    assert count_lines(v3, "renewal notice") == 0
+    dp3 = deployment_of(v3, client_env)
+    assert unfinished(dp3, client_env) == 0
+    restate_cli("-y", "deployments", "remove", dp3, env=client_env)
+    assert ingress.get(f"/Subscription/{sub1}/status").json() == V1_ANSWER
 
 
 @pytest.mark.kills_server
@@ -306,6 +317,37 @@ def test_overwriting_v1_in_place_stops_the_old_renewal_with_a_journal_mismatch(
     killed = ingress.get(f"/restate/invocation/{first}/attach")
     assert killed.status_code == 409, killed.text  # killed: a terminal failure
     assert admin.state("Subscription", sub) == {}
+
+
+def test_a_removed_handler_alone_is_registered_without_a_refusal(
+    start_service: StartService,
+    ingress: Ingress,
+    client_env: dict[str, str],
+    unique: Callable[[str], str],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """What the README says of restate-server 1.7.12: only the CLI's diff shows it."""
+    start_service("versioning")
+    sub = unique("sub")
+    assert ingress.get(f"/Subscription/{sub}/status").status_code == 404  # never renewed
+    standin = PatternService(
+        "tests.versioning.without_status",
+        free_port(),
+        tmp_path / "without-status.log",
+        cwd=ROOT,
+        move_if_taken=True,
+    )
+    attach_log(request, standin)
+    standin.start()
+    try:
+        registered = restate_cli("-y", "deployments", "register", standin.url, env=client_env)
+        assert "--  status" in said(registered)
+        response = ingress.get(f"/Subscription/{sub}/status")
+        assert response.status_code == 404
+        assert "the handler 'status' was not found" in response.json()["message"]
+    finally:
+        standin.stop()
 
 
 def test_bad_input_is_refused_naming_the_field_and_changes_nothing(
