@@ -126,6 +126,12 @@ def in_sleep(admin: Admin, invocation: str) -> bool:
     return int(rows[0]["n"]) == 1
 
 
+def latest(admin: Admin) -> tuple[str, str]:
+    """The deployment that serves new calls of Subscription, and the service's type."""
+    row = admin.query("SELECT deployment_id, ty FROM sys_service WHERE name = 'Subscription'")[0]
+    return row["deployment_id"], row["ty"]
+
+
 def notices(service: PatternService, subscription: str) -> int:
     return count_lines(service, f"renewal notice for {subscription} sent")
 
@@ -145,7 +151,7 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
     fast = {"RENEWAL_DELAY_SECONDS": "2"}
     v1 = start_service("versioning", fast)  # registered, as ./dev run does
     v2 = serve({**fast, "VERSION": "v2"})  # started now, registered once sub-1 runs on v1
-    sub1, sub2 = unique("sub-1"), unique("sub-2")
+    sub1, sub2, sub3 = unique("sub-1"), unique("sub-2"), unique("sub-3")
 
     first = renew(ingress, sub1)
     eventually(lambda: in_sleep(admin, first), timeout=30, message="sub-1 sleeps on v1")
@@ -191,21 +197,33 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
     assert "The deployment is fully drained and is safe to remove" in said(removed)
     assert unfinished(dp1, client_env) is None
 
-    # the breaking change (a Virtual Object becomes a Service, `status` goes) is refused...
-    breaking = cli("-y", "deployments", "register", v3.url, env=client_env)
-    assert breaking.returncode != 0
-    assert "META0006" in said(breaking)
-    assert "changing the service type" in said(breaking)
-    assert ingress.get(f"/Subscription/{sub1}/status").status_code == 200  # v2 still serves
-    # ... until allowed: then every caller's path (/Subscription/<id>/...) is a bad path
-    restate_cli("-y", "deployments", "register", "--breaking", v3.url, env=client_env)
+    # a renewal on v2, held in flight (SIGSTOP) while the breaking change comes in
+    third = renew(ingress, sub3)
+    eventually(lambda: in_sleep(admin, third), timeout=30, message="sub-3 sleeps on v2")
+    os.kill(v2.pid or 0, signal.SIGSTOP)
+    try:
+        # the breaking change (a Virtual Object becomes a Service, `status` goes) is refused
+        breaking = cli("-y", "deployments", "register", v3.url, env=client_env)
+        assert breaking.returncode != 0
+        assert "META0006" in said(breaking)
+        assert "changing the service type" in said(breaking)
+        assert latest(admin) == (dp2, "virtual_object")  # unchanged
+        # ... until allowed: then every caller's path (/Subscription/<id>/...) is a bad path
+        allowed = restate_cli("-y", "deployments", "register", "--breaking", v3.url, env=client_env)
+        assert "--  status" in said(allowed)
 
-    def broken() -> bool:
-        response = ingress.get(f"/Subscription/{sub1}/status")
-        assert response.status_code == 400, f"{response.status_code} {response.text}"
-        return "bad path" in response.json()["message"]
+        def broken() -> bool:
+            response = ingress.get(f"/Subscription/{sub1}/status")
+            assert response.status_code == 400, f"{response.status_code} {response.text}"
+            return "bad path" in response.json()["message"]
 
-    eventually(broken, timeout=30, message="the callers of the Virtual Object break")
+        eventually(broken, timeout=30, message="the callers of the Virtual Object break")
+        assert latest(admin) == (deployment_of(v3, client_env), "service")
+    finally:
+        os.kill(v2.pid or 0, signal.SIGCONT)
+    # sub-3, pinned to v2, finishes there all the same
+    assert answer(ingress, third) == V2_ANSWER
+    assert pinned(sub3, client_env)["pinned_deployment_id"] == dp2
 
     # the rollback: v2's deployment made the latest again; the object's state is still there
     restate_cli("-y", "deployments", "register", "--force", v2.url, env=client_env)
@@ -216,6 +234,7 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
         message="v2 serves status again",
     )
     assert ingress.get(f"/Subscription/{sub1}/status").json() == V1_ANSWER
+    assert ingress.get(f"/Subscription/{sub3}/status").json() == V2_ANSWER
     # nothing ran on v3: it is drained, and goes
     assert count_lines(v3, "renewal notice") == 0
     dp3 = deployment_of(v3, client_env)
