@@ -6,6 +6,7 @@ user does on 9080 and 9081, and drives the server with the `restate` CLI and `re
 as the README does. The renewal sleep is shortened to a few seconds.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from devkit import ROOT, binaries
-from devkit.processes import PatternService, ProcessError, RestateServer, free_port
+from devkit.processes import PatternService, RestateServer, free_port
 from devkit.pytest_restate import attach_log
 from tests.harness import Admin, Ingress, StartService, count_lines, eventually, restate_cli
 
@@ -41,14 +42,17 @@ Serve = Callable[..., PatternService]
 
 @pytest.fixture
 def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve]:
-    """`serve(settings, port=None)`: `python -m versioning` started, not registered (the
-    test registers it with the CLI, as the README does); stopped when the test ends."""
+    """`serve(settings, port=None, module="versioning")`: `python -m module` started, not
+    registered (the test registers it with the CLI, as the README does); stopped when the
+    test ends."""
     started: list[PatternService] = []
 
-    def start(settings: dict[str, str], port: int | None = None) -> PatternService:
-        log = tmp_path / f"versioning-{settings.get('VERSION', 'v1')}-{len(started)}.log"
+    def start(
+        settings: dict[str, str], port: int | None = None, module: str = "versioning"
+    ) -> PatternService:
+        log = tmp_path / f"{module}-{settings.get('VERSION', 'v1')}-{len(started)}.log"
         service = PatternService(
-            "versioning", port or free_port(), log, settings, cwd=ROOT, move_if_taken=not port
+            module, port or free_port(), log, settings, cwd=ROOT, move_if_taken=not port
         )
         started.append(service)
         attach_log(request, service)
@@ -178,6 +182,8 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
         assert "Deployment is still Draining. There are 1 invocations" in said(refused)
 
         v3 = serve({**fast, "VERSION": "v3"})  # started while sub-1 waits
+        # and a v2 that only drops `status` (tests/versioning/without_status.py)
+        without_status = serve({}, module="tests.versioning.without_status")
     finally:
         os.kill(v1.pid or 0, signal.SIGCONT)
 
@@ -241,6 +247,13 @@ def test_walkthrough_pins_drains_removes_refuses_a_breaking_change_and_rolls_bac
     assert unfinished(dp3, client_env) == 0
     restate_cli("-y", "deployments", "remove", dp3, env=client_env)
     assert ingress.get(f"/Subscription/{sub1}/status").json() == V1_ANSWER
+
+    # a removed handler alone (the same service type) is not refused: only the diff says it
+    registered = restate_cli("-y", "deployments", "register", without_status.url, env=client_env)
+    assert "--  status" in said(registered)
+    response = ingress.get(f"/Subscription/{sub1}/status")
+    assert response.status_code == 404, response.text
+    assert "the handler 'status' was not found" in response.json()["message"]
 
 
 @pytest.mark.kills_server
@@ -351,37 +364,6 @@ def test_overwriting_v1_in_place_stops_the_old_renewal_with_a_journal_mismatch(
     assert admin.state("Subscription", sub) == {}
 
 
-def test_a_removed_handler_alone_is_registered_without_a_refusal(
-    start_service: StartService,
-    ingress: Ingress,
-    client_env: dict[str, str],
-    unique: Callable[[str], str],
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-) -> None:
-    """What the README says of restate-server 1.7.12: only the CLI's diff shows it."""
-    start_service("versioning")
-    sub = unique("sub")
-    assert ingress.get(f"/Subscription/{sub}/status").status_code == 404  # never renewed
-    standin = PatternService(
-        "tests.versioning.without_status",
-        free_port(),
-        tmp_path / "without-status.log",
-        cwd=ROOT,
-        move_if_taken=True,
-    )
-    attach_log(request, standin)
-    standin.start()
-    try:
-        registered = restate_cli("-y", "deployments", "register", standin.url, env=client_env)
-        assert "--  status" in said(registered)
-        response = ingress.get(f"/Subscription/{sub}/status")
-        assert response.status_code == 404
-        assert "the handler 'status' was not found" in response.json()["message"]
-    finally:
-        standin.stop()
-
-
 def test_bad_input_is_refused_naming_the_field_and_changes_nothing(
     start_service: StartService,
     ingress: Ingress,
@@ -426,12 +408,12 @@ def test_bad_input_is_refused_naming_the_field_and_changes_nothing(
     assert int(rows[0]["n"]) == 0
 
 
-def test_an_unknown_version_is_refused_at_start(tmp_path: Path) -> None:
-    """VERSION names the build: a typo stops the process instead of serving v1."""
-    service = PatternService(
-        "versioning", free_port(), tmp_path / "v9.log", {"VERSION": "v9"}, cwd=ROOT
-    )
-    with pytest.raises(ProcessError, match="exited with code 1"):
-        service.start(timeout=60)
-    assert "VERSION=v9: one of v1, v2, v3" in service.log_text()
-    service.stop()
+def test_an_unknown_version_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VERSION names the build: a typo stops the process instead of serving v1 (app.py run
+    as a module of its own here, as `python -m versioning` imports it)."""
+    monkeypatch.setenv("VERSION", "v9")
+    spec = importlib.util.spec_from_file_location("versioning_v9", ROOT / "versioning" / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    with pytest.raises(SystemExit, match="VERSION=v9: one of v1, v2, v3"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))

@@ -1,6 +1,6 @@
 """A stand-in for a v2 of `versioning` that only drops the `status` handler (same service
 type, same `renew`), served on PORT: the README says restate-server 1.7.12 registers such a
-revision without refusing it, and the test that serves this proves it."""
+revision without refusing it, and the walkthrough test proves it."""
 
 import asyncio
 import os
