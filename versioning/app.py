@@ -15,13 +15,14 @@ every retry, and every replay after a suspension or a crash, goes to that deploy
 journal is only ever replayed by the code that wrote it. A deployment is drained once no
 unfinished invocation is pinned to it (a `restate sql` query tells); then it can be
 removed. Overwriting a deployment in place instead (`register --force` on the same address
-with changed code) breaks that promise: the SDK finds that the replayed journal does not
-match the code and stops the invocation (a journal mismatch, retried, never a wrong result).
+with changed code) breaks that promise: where the new code differs from what the journal
+recorded, the SDK stops the invocation with a journal mismatch (retried) rather than give a
+wrong result.
 
 In real life v1 and v2 are two builds (two images) of this file; here one file holds both
 and VERSION picks the one a process serves, so that both can run at once. VERSION=v3 is a
 breaking change: `Subscription` becomes a stateless Service (no `status` any more), which
-Restate refuses to register over the Virtual Object until forced.
+Restate refuses to register over the Virtual Object until told `--breaking`.
 """
 
 import os
