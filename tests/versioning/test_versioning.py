@@ -266,13 +266,14 @@ def test_old_renewal_completes_on_v1_once_across_crashes_of_server_and_v1_during
     client_env: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
-    fast = {"RENEWAL_DELAY_SECONDS": "3"}
+    fast = {"RENEWAL_DELAY_SECONDS": "1"}
     v1 = start_service("versioning", fast)
     v2 = serve({**fast, "VERSION": "v2"})
     sub1, sub2 = unique("sub-1"), unique("sub-2")
 
     first = renew(ingress, sub1)
     eventually(lambda: in_sleep(admin, first), timeout=30, message="sub-1 sleeps on v1")
+    os.kill(v1.pid or 0, signal.SIGSTOP)  # sub-1 cannot finish before the crash, however slow
     restate_cli("-y", "deployments", "register", v2.url, env=client_env)  # the switch
     dp1 = deployment_of(v1, client_env)
 
