@@ -114,10 +114,11 @@ def _start_server(
     fresh_broker: bool,
     keys: identity.KeyPair | None = None,
     traced: bool = False,
+    fresh_state: str = "",
 ) -> str:
     """Use the Restate server at RESTATE_ADMIN_URL, or start one (signing its requests to
     services with `keys`, if given; sending its spans to the OTLP collector on localhost if
-    `traced`); its admin URL."""
+    `traced`; on a wiped state folder of that name, if `fresh_state`); its admin URL."""
     admin_url = os.environ.get("RESTATE_ADMIN_URL", ADMIN_URL)
     if http_ok(f"{admin_url}/health"):
         if keys is not None:
@@ -136,6 +137,8 @@ def _start_server(
                 "[dev] note: that server must have been started with --config-file "
                 "restate.toml, and may skip offsets it consumed from an earlier broker"
             )
+        if fresh_state:
+            say("[dev] note: the walkthrough expects no deployments left from an earlier run")
         return admin_url
     ports = ServerPorts()
     _require_free(ports.ingress, ports.admin, ports.node, SERVICE_PORT)
@@ -144,6 +147,9 @@ def _start_server(
         # A fresh in-memory broker hands out offsets from 0 again, which a server that
         # consumed from an earlier broker would drop as duplicates: start from scratch.
         state_dir = STATE_DIR / "with-embedded-kafka"
+        shutil.rmtree(state_dir, ignore_errors=True)
+    elif fresh_state:
+        state_dir = STATE_DIR / fresh_state
         shutil.rmtree(state_dir, ignore_errors=True)
     say(f"[dev] starting restate-server ({binaries.find(binaries.SERVER)}), state in {state_dir}")
     settings = keys.server_settings() if keys is not None else {}
@@ -348,6 +354,7 @@ def cmd_run(
                 fresh_broker,
                 keys,
                 traced=downstream is not None,
+                fresh_state=pattern if pattern in patterns.FRESH_STATE else "",
             )
         settings = keys.service_settings() if keys is not None else {}
         if server and serving.module == pattern:

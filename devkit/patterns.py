@@ -115,3 +115,8 @@ class Downstream:
 # (devkit/otlp_receiver.py) unless a collector listens on its ports (e.g. Jaeger), gives
 # restate-server the tracing endpoint, and starts the HTTP service the pattern calls.
 TRACED = {"observability": Downstream("fraud-check", "observability.downstream", 9081)}
+
+# Patterns whose walkthrough registers and removes deployments: `./dev run` starts their
+# server on a state of their own, wiped at start, so that deployments registered by an
+# earlier run (still "latest", or in the way of registering an address again) are gone.
+FRESH_STATE = {"versioning"}

@@ -422,6 +422,12 @@ SPECS: dict[str, Spec] = {
         },
         {"orderId": "order-1", "customerId": "customer-7", "amount": 42.5},
     ),
+    # versioning, as served by default (VERSION=v1; v2 takes the same bodies)
+    "Subscription/renew": Obj(
+        {"customer": NONEMPTY, "priceCents": Field("int", constraint="positive")},
+        {"customer": "alice", "priceCents": 999},
+    ),
+    "Subscription/status": NoInput(),
 }
 
 # --- generators ----------------------------------------------------------------------------
