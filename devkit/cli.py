@@ -24,6 +24,8 @@ from devkit import (
     postgres,
     testrun,
 )
+from devkit.model_standin import SCRIPTS_DIR as MODEL_SCRIPTS
+from devkit.model_standin import ModelStandin, uses_model
 from devkit.processes import (
     Echo,
     ManagedProcess,
@@ -43,6 +45,7 @@ INGRESS_URL = "http://localhost:8080"
 SERVICE_PORT = 9080
 KAFKA_PORT = 9092
 STRIPE_PORT = 8420  # localstripe's usual port
+MODEL_PORT = 8431  # the model stand-in of the agent patterns (devkit/model_standin.py)
 KAFKA_CONFIG = ROOT / "restate.toml"  # the seed's: restate-server --config-file restate.toml
 # Spelled as the seed's `restate deployments register localhost:9080` spells it, so that
 # registering by hand later replaces this deployment instead of adding a second one.
@@ -177,6 +180,27 @@ def _start_stripe_standin(started: list[ManagedProcess], echo: Echo) -> dict[str
     return standin.service_settings()
 
 
+def _start_model_standin(started: list[ManagedProcess], pattern: str, echo: Echo) -> dict[str, str]:
+    """The local model API for an agent pattern, unless OPENAI_API_KEY is set (then the
+    pattern calls OpenAI, or the compatible provider at OPENAI_BASE_URL)."""
+    if os.environ.get("OPENAI_API_KEY"):
+        where = os.environ.get("OPENAI_BASE_URL") or "OpenAI"
+        say(f"[dev] OPENAI_API_KEY is set: the agent calls the model at {where}")
+        return {}
+    _require_free(MODEL_PORT)
+    script = MODEL_SCRIPTS / f"{pattern}.json"
+    say(
+        f"[dev] starting the local model stand-in on :{MODEL_PORT}, answering from "
+        f"{script.relative_to(ROOT)} (set OPENAI_API_KEY to use a real model)"
+    )
+    standin = ModelStandin(
+        MODEL_PORT, STATE_DIR / "logs" / "model-standin.log", default=script, echo=echo
+    )
+    started.append(standin)
+    standin.start()
+    return standin.service_settings()
+
+
 def _start_postgres(started: list[ManagedProcess], pattern: str) -> dict[str, str]:
     """PostgreSQL for the database pattern, unless DATABASE_URL points at one."""
     if os.environ.get("DATABASE_URL"):
@@ -248,6 +272,8 @@ def cmd_run(
             settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
         if pattern in patterns.POSTGRES:
             settings.update(_start_postgres(started, pattern))
+        if uses_model(pattern):
+            settings.update(_start_model_standin(started, pattern, prefixed("model", width)))
         _require_free(SERVICE_PORT)
         service = PatternService(
             pattern,

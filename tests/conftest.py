@@ -19,6 +19,7 @@ import pytest
 
 from devkit import ROOT, binaries, kafka
 from devkit.kafka import TansuBroker
+from devkit.model_standin import ModelStandin
 from devkit.processes import RestateServer, free_port
 from devkit.pytest_restate import StartServer, attach_log, lend
 from devkit.stripe_standin import LocalStripe
@@ -129,6 +130,23 @@ def stripe_standin(
     standin.send_webhooks_to(f"{restate_server.ingress_url}/PaymentService/processWebhook")
     yield standin
     standin.stop()
+
+
+@pytest.fixture(scope="session")
+def model_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStandin]:
+    """The local model API (devkit/model_standin.py), one per test process; each test keys
+    its script by a unique token in its input, so tests never see each other's answers."""
+    standin = ModelStandin(free_port(), tmp_path_factory.mktemp("model") / "model-standin.log")
+    standin.start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def model(model_standin: ModelStandin, request: pytest.FixtureRequest) -> ModelStandin:
+    """The session's model stand-in, its log shown with the report of a failing test."""
+    attach_log(request, model_standin)
+    return model_standin
 
 
 @pytest.fixture

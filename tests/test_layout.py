@@ -10,9 +10,10 @@ from devkit import ROOT, patterns
 
 PATTERNS = patterns.known()
 REFERENCE_MAIN = (ROOT / "durablerpc" / "__main__.py").read_text(encoding="utf-8")
-# granian: the optional server of the serving file (SERVER=granian), imported only then
+# granian: the optional server of the serving file (SERVER=granian), imported only then;
+# agents, openai: the OpenAI Agents SDK and client, from restate-sdk's `openai` extra
 ALLOWED_TOP_LEVEL = {"restate", "pydantic", "hypercorn", "granian", "httpx", "croniter", "stripe",
-                     "psycopg"}  # fmt: skip
+                     "psycopg", "agents", "openai"}  # fmt: skip
 
 
 def imported_top_levels(pattern: str) -> set[str]:

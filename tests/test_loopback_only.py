@@ -2,7 +2,7 @@
 
 The test starts the same processes, through the same classes, that the launcher starts
 (restate-server plain and with the Kafka configuration, a pattern's service, the Tansu
-broker, the localstripe stand-in) and reads each one's listening TCP sockets from /proc:
+broker, the localstripe and model stand-ins) and reads each one's listening TCP sockets from /proc:
 the socket inodes among its open files, matched against /proc/<pid>/net/tcp and tcp6.
 """
 
@@ -15,6 +15,7 @@ import pytest
 
 from devkit import binaries
 from devkit.kafka import TansuBroker
+from devkit.model_standin import ModelStandin
 from devkit.processes import ManagedProcess, PatternService, RestateServer, ServerPorts
 from devkit.stripe_standin import LocalStripe
 from tests.harness import StartService
@@ -92,11 +93,12 @@ def test_a_pattern_service_listens_on_loopback_only(start_service: StartService)
     assert_loopback_only(service, {service.port})
 
 
-def test_broker_and_stripe_standin_listen_on_loopback_only(
-    kafka_broker: TansuBroker, stripe_standin: LocalStripe
+def test_broker_and_stand_ins_listen_on_loopback_only(
+    kafka_broker: TansuBroker, stripe_standin: LocalStripe, model_standin: ModelStandin
 ) -> None:
     assert_loopback_only(kafka_broker, {kafka_broker.port})
     assert_loopback_only(stripe_standin, {stripe_standin.port})
+    assert_loopback_only(model_standin, {model_standin.port})
 
 
 def test_the_launchers_fixed_ports_use_the_same_loopback_binding(

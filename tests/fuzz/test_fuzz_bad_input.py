@@ -357,6 +357,8 @@ SPECS: dict[str, Spec] = {
     "database:twoPhaseCommit/update": Obj(
         {"userId": NONEMPTY, "addCredits": Field("int")}, {"userId": "A", "addCredits": 100}
     ),
+    # agent patterns (agents-core)
+    "WeatherAgent/run": Obj({"message": NONEMPTY}, {"message": "What is the weather in Paris?"}),
 }
 
 # --- generators ----------------------------------------------------------------------------
