@@ -60,3 +60,7 @@ STRIPE = {"signalspayments"}
 # Patterns that use PostgreSQL: `./dev run` starts one (devkit/postgres.py) unless DATABASE_URL
 # points at the user's own.
 POSTGRES = {"database"}
+
+# Patterns with more than one deployment: modules that `./dev run` serves beside the pattern
+# (each `python -m <module>` on its port, with the pattern's settings) and registers too.
+EXTRA_DEPLOYMENTS = {"multiagent": {"multiagent.remote": 9081}}
