@@ -203,7 +203,7 @@ async def process(ctx: restate.Context, body: bytes) -> Reimbursement:
 
 class InsuranceClaim(Model):
     date: datetime.date
-    amount: float = Field(gt=0)
+    amount: float = Field(gt=0, strict=True, allow_inf_nan=False)
     category: str
     place_of_service: str
     reason: str
@@ -352,8 +352,7 @@ async def generate_report(ctx: restate.Context, body: bytes) -> Report:
     request = parse(ReportRequest, body)
     plan = (await run_agent(planner, request.topic)).final_output_as(ResearchPlan)
     tasks = plan.tasks[: SETTINGS.max_research_tasks]
-    if len(plan.tasks) > len(tasks):
-        logger.info("The plan has %d tasks; running the first %d", len(plan.tasks), len(tasks))
+    logger.info("Planned %d research tasks, running %d", len(plan.tasks), len(tasks))
     workers = [
         ctx.service_call(
             research,

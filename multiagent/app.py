@@ -78,9 +78,12 @@ async def pay(ctx: restate.WorkflowContext, body: bytes) -> str:
 
 
 @claim_payout.handler(name="receipt")
-async def receipt(ctx: restate.WorkflowSharedContext) -> str | None:
-    """The claim's payout receipt, `null` while it has not been paid."""
-    return await ctx.get("receipt", type_hint=str)
+async def receipt(ctx: restate.WorkflowSharedContext) -> str:
+    """The claim's payout receipt; 404 while it has not been paid."""
+    paid = await ctx.get("receipt", type_hint=str)
+    if paid is None:
+        raise restate.TerminalError(f"claim {ctx.key()} has not been paid", status_code=404)
+    return paid
 
 
 # --- the specialists' tools ---------------------------------------------------------------------
@@ -120,9 +123,12 @@ async def pay_claim(wrapper: RunContextWrapper[ClaimContext], amount: float) -> 
     ctx, claim = restate_context(), wrapper.context
     if not 0 < amount <= claim.claim.amount:  # a rule the model cannot talk its way around
         return f"Refused: the amount must be above 0 and at most {claim.claim.amount:.2f}."
-    paid = await ctx.workflow_call(receipt, key=claim.claim_id, arg=None)
-    if paid is not None:  # the workflow runs once per claim: answer with its receipt
-        return f"Already paid: {paid}"
+    try:  # the workflow runs once per claim: if it ran, answer with its receipt
+        paid = await ctx.workflow_call(receipt, key=claim.claim_id, arg=None)
+        return f"already paid ({paid})"
+    except restate.TerminalError as error:
+        if error.status_code != 404:
+            raise
     arg = Payout(amount=amount).model_dump_json().encode()
     return await ctx.workflow_call(pay, key=claim.claim_id, arg=arg)
 

@@ -24,7 +24,7 @@ class Model(BaseModel):
 
 class InsuranceClaim(Model):
     date: datetime.date
-    amount: float = Field(gt=0)
+    amount: float = Field(gt=0, strict=True, allow_inf_nan=False)
     category: str
     place_of_service: str
     reason: str
