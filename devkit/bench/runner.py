@@ -43,6 +43,7 @@ from devkit.bench.scenarios import (
     Scenario,
     Serving,
 )
+from devkit.model_standin import SCRIPTS_DIR, ModelStandin, uses_model
 from devkit.processes import (
     ManagedProcess,
     PatternService,
@@ -120,6 +121,7 @@ class Bench:
         self.node: Path | None = None  # set once the TypeScript side is installed
         self.server: RestateServer
         self.broker: kafka.TansuBroker | None = None
+        self.models: dict[str, ModelStandin] = {}  # agent pattern -> its model stand-in
         self.unsettled = 0  # measurements after which invocations were still in flight
         self._numbers = itertools.count()
 
@@ -218,10 +220,26 @@ class Bench:
                 self.node = typescript.ensure()
             return typescript.TsService(self.node, free_port(), log)
         env = {**scenario.settings, **dict(serving.env)}
+        if uses_model(scenario.module):  # an agent pattern: its model is the local stand-in
+            env.update(self._model_for(scenario.module).service_settings())
         argv = [sys.executable, "-m", "devkit.bench_serve", scenario.module]
         return PatternService(
             scenario.module, free_port(), log, env, argv=argv if serving.wrapped else None
         )
+
+    def _model_for(self, module: str) -> ModelStandin:
+        """The model stand-in answering with the pattern's default script (as under
+        `./dev run`), started on first use and kept for the run."""
+        if module not in self.models:
+            standin = ModelStandin(
+                free_port(),
+                self.work / f"model-{module}.log",
+                default=SCRIPTS_DIR / f"{module}.json",
+            )
+            self.started.append(standin)
+            standin.start()
+            self.models[module] = standin
+        return self.models[module]
 
     def retire(self, arms: list[Arm]) -> None:
         """Stop the services of these arms (all at once) once their block is done."""

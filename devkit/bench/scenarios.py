@@ -133,6 +133,11 @@ SCENARIOS = [
              # an await whose resolve wrk prepared but never sent (the run's end) gives up
              # after 2 s instead of holding the next measurement's wait for an idle server
              settings={"PROMISE_AWAIT_TIMEOUT_SECONDS": "2"}),
+    # the model is the local stand-in (devkit/model_standin.py, started by the runner) with
+    # the pattern's default script: 2 model calls and 1 tool step per turn
+    Scenario("durableagent-turn", "WeatherAgent/run: an agent turn with one tool call "
+             "(2 journaled model calls to the local stand-in, 1 tool step)", "durableagent",
+             lua='return "/WeatherAgent/run", \'{"message": "What is the weather in Paris?"}\''),
     Scenario("eventenrichment-kafka", "Kafka records -> subscription -> "
              "PackageTracker/updateLocation (state updated), 20 keys", "eventenrichment",
              Kind.RECORDS, unit="records/s", counted=r"Package {prefix}-\d+ is at ",

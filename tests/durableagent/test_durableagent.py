@@ -10,6 +10,10 @@ from devkit.model_standin import ModelStandin, default_script, error, text, tool
 from devkit.processes import PatternService, RestateServer
 from tests.harness import Ingress, StartService, count_lines, eventually
 
+# importing the OpenAI Agents SDK takes ~3 CPU-s: on a busy machine a restart can take
+# longer than the harness's default 30 s
+RESTART_TIMEOUT = 120.0
+
 RUN = "/WeatherAgent/run"
 QUICK_RETRIES = {"MODEL_RETRY_INTERVAL_SECONDS": "0.05", "TOOL_RETRY_INTERVAL_SECONDS": "0.05"}
 
@@ -139,7 +143,7 @@ def test_crash_of_the_service_then_of_the_server_during_a_tool_call(
     service.kill()  # while London's weather API call is in flight, Paris's is done
     server.kill()  # while the invocation waits to be retried
     server.start()
-    service.start()
+    service.start(timeout=RESTART_TIMEOUT)
 
     def attached() -> httpx.Response | None:
         response = ingress.get(f"/restate/invocation/{invocation}/attach")

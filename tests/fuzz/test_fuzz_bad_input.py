@@ -183,8 +183,8 @@ STRIPE_WEBHOOK_EVENT = Obj(
 # Keys are "Service/handler", or "pattern:Service/handler" where two patterns that are never
 # registered together use the same name for different inputs.
 # Ingress-private handlers (Account/*, BatchReceiver/receive, CronJob/initiate|execute,
-# FanOutWorker/runSubtask, PaymentProcessor/expire, queue/expire) have no entry: the test
-# skips them.
+# FanOutWorker/runSubtask, PaymentProcessor/expire, queue/expire, ClaimReview/open|expire)
+# have no entry: the test skips them.
 SPECS: dict[str, Spec] = {
     "ProductService/reserve": NoInput(),
     "AsyncTaskWorker/runTask": Obj(
@@ -359,6 +359,12 @@ SPECS: dict[str, Spec] = {
     ),
     # agent patterns (agents-core)
     "WeatherAgent/run": Obj({"message": NONEMPTY}, {"message": "What is the weather in Paris?"}),
+    "Chat/message": Obj({"message": NONEMPTY}, {"message": "Hi! My name is Alice."}),
+    "Chat/getHistory": NoInput(),
+    "HumanClaimApprovalAgent/run": Obj({"message": NONEMPTY}, {"message": "3000USD bill"}),
+    "HumanClaimApprovalWithTimeoutsAgent/run": Obj({"message": NONEMPTY}, {"message": "3000USD"}),
+    "ClaimReview/approve": NoInput(),
+    "ClaimReview/reject": NoInput(),
 }
 
 # --- generators ----------------------------------------------------------------------------

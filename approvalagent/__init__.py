@@ -1,0 +1,1 @@
+"""Approval agent: a tool that waits for a human approval, suspended, optionally with a timeout."""
