@@ -21,6 +21,7 @@ from tests.harness import (
     eventually,
 )
 
+RESTART_TIMEOUT = 120.0  # a restart imports the Agents SDK: seconds of CPU, more under load
 BILL = "Process my hospital bill of 2024-10-01 for 3000 EUR for a broken leg at General Hospital."
 CLAIM = {
     "date": "2024-10-01",
@@ -198,7 +199,7 @@ def test_a_crash_between_steps_repeats_no_finished_step(
     eventually(lambda: model.count(token) == 2, timeout=30, message="the analysis requested")
 
     service.kill()
-    service.start()
+    service.start(timeout=RESTART_TIMEOUT)
 
     def answer() -> httpx.Response | None:
         response = ingress.get(f"/restate/invocation/ClaimReimbursement/process/{token}/attach")

@@ -22,6 +22,7 @@ from tests.harness import (
     eventually,
 )
 
+RESTART_TIMEOUT = 120.0  # a restart imports the Agents SDK: seconds of CPU, more under load
 CLAIM = {
     "date": "2024-10-01",
     "amount": 3000,
@@ -148,7 +149,7 @@ def test_a_crash_of_the_remote_agents_service_mid_call_completes_the_claim_once(
     eventually(lambda: model.count(claim_id) == 3, timeout=60, message="the remote call")
 
     remote.kill()
-    remote.start()
+    remote.start(timeout=RESTART_TIMEOUT)
 
     def answer() -> httpx.Response | None:
         response = ingress.get(
