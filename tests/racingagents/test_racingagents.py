@@ -27,7 +27,7 @@ def test_the_first_answer_wins_and_the_loser_is_cancelled_with_its_tool(
     client_env: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
-    """The quick agent answers after 3 s; by then the thinking agent waits in its
+    """The quick agent answers after 5 s; by then the thinking agent waits in its
     deep_research tool (for RESEARCH_DURATION_SECONDS, 60 here): cancelled, the tool never
     collects its results, the thinking agent's second model call is never made."""
     service = start_service(
@@ -36,7 +36,7 @@ def test_the_first_answer_wins_and_the_loser_is_cancelled_with_its_tool(
     token = unique("q")
     model.script(token, rules=[
         {"when": {"user": "^Quick answer: "}, **text("Take a course, then build things.",
-                                                       delay=3)},
+                                                       delay=5)},
         {"when": {"last": "user"}, "tool_calls": [{"name": "deep_research",
                                                    "arguments": {"topic": token}}]},
         {"when": {"last": "tool"}, **text("After deep research: {output}")},
