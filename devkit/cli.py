@@ -325,7 +325,13 @@ def cmd_run(
     if with_cluster and with_identity:
         raise DevError("--identity is not set up for --cluster yet: use one of them")
     downstream = patterns.TRACED.get(pattern)
-    width = max(len(pattern), len("restate-server n1"), len(downstream.name) if downstream else 0)
+    extras = patterns.EXTRA_DEPLOYMENTS.get(pattern, {})
+    width = max(
+        len(pattern),
+        len("restate-server n1"),
+        len(downstream.name) if downstream else 0,
+        *(len(module) for module in extras),
+    )
     nodes: cluster.Cluster | None = None
     started: list[ManagedProcess] = []
     # Stop cleanly on SIGTERM and on SIGINT, even where SIGINT was ignored at start-up
@@ -392,6 +398,17 @@ def cmd_run(
         )
         how = " (HTTP/1.1, request/response)" if http11 else ""
         say(f"[dev] services {', '.join(names)} registered from {uri}{how}")
+        for module, port in extras.items():
+            _require_free(port)
+            extra = PatternService(
+                module, port, STATE_DIR / "logs" / f"{module}.log", settings=settings,
+                echo=prefixed(module, width),
+            )  # fmt: skip
+            started.append(extra)
+            extra.start()
+            uri = f"http://localhost:{port}/"
+            more = nodes.register(uri) if nodes else register(admin_url, uri, ingress_urls=ours)
+            say(f"[dev] services {', '.join(more)} registered from {uri}")
         if subscription is not None:
             kafka.create_topic(f"localhost:{KAFKA_PORT}", subscription.topic)
             created = kafka.ensure_subscription(admin_url, subscription.topic, subscription.sink)

@@ -120,3 +120,7 @@ TRACED = {"observability": Downstream("fraud-check", "observability.downstream",
 # server on a state of their own, wiped at start, so that deployments registered by an
 # earlier run (still "latest", or in the way of registering an address again) are gone.
 FRESH_STATE = {"versioning"}
+
+# Patterns with more than one deployment: modules that `./dev run` serves beside the pattern
+# (each `python -m <module>` on its port, with the pattern's settings) and registers too.
+EXTRA_DEPLOYMENTS = {"multiagent": {"multiagent.remote": 9081}}

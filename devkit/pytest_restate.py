@@ -498,9 +498,11 @@ class ServiceProcess(ManagedProcess):
         self.move_if_taken = move_if_taken
         self._started = False
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start it and wait for its health check. A port that free_port() handed out can be
-        taken by another process (a server of a test running beside) before the service
+    def start(self, timeout: float = 120.0) -> None:
+        """Start it and wait for its health check (up to `timeout` seconds: a service that
+        imports the OpenAI Agents SDK spends seconds of CPU on it before it listens, many
+        more when other processes share the cores). A port that free_port() handed out can
+        be taken by another process (a server of a test running beside) before the service
         binds it: with `move_if_taken`, the first start then moves to another free port,
         twice at most (a restart keeps its port, which Restate knows it by)."""
         for attempt in range(3):

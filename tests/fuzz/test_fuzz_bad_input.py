@@ -208,6 +208,12 @@ STRIPE_WEBHOOK_EVENT = Obj(
 
 # encryptedjournal's key (the service gets it as JOURNAL_KEYS; the test encrypts with it)
 ENCRYPTEDJOURNAL_KEYS = "fuzz:ZnV6ei10ZXN0LWtleS1mdXp6LXRlc3Qta2V5LWZ1eno="
+INSURANCE_CLAIM = Obj(
+    {"date": DATE, "amount": Field("number", constraint="positive"), "category": TEXT,
+     "placeOfService": TEXT, "reason": TEXT},
+    {"date": "2024-10-01", "amount": 3000, "category": "orthopedic",
+     "placeOfService": "General Hospital", "reason": "hospital bill for a broken leg"},
+)  # fmt: skip
 
 # Keys are "Service/handler", or "pattern:Service/handler" where two patterns that are never
 # registered together use the same name for different inputs.
@@ -410,6 +416,19 @@ SPECS: dict[str, Spec] = {
     "WeatherAgent/run": Obj({"message": NONEMPTY}, {"message": "What is the weather in Paris?"}),
     "Chat/message": Obj({"message": NONEMPTY}, {"message": "Hi! My name is Alice."}),
     "Chat/getHistory": NoInput(),
+    # agent patterns (agents-more)
+    "MultiAgentClaimApproval/run": INSURANCE_CLAIM,
+    "ClaimPayout/receipt": NoInput(),
+    "ClaimReimbursement/process": Obj(
+        {"message": NONEMPTY},
+        {"message": "Process my hospital bill of 2024-10-01 for 3000 EUR for a broken leg."},
+    ),
+    "ParallelAgentClaimApproval/run": INSURANCE_CLAIM,
+    "ResearchReport/generate": Obj({"topic": NONEMPTY}, {"topic": "renewable energy"}),
+    "CodeGenerator/generate": Obj({"task": NONEMPTY}, {"task": "a palindrome check"}),
+    "RacingAgent/run": Obj({"message": NONEMPTY}, {"message": "How do I learn ML?"}),
+    "CodingAgent/message": Obj({"content": NONEMPTY}, {"content": "Build a Flask app."}),
+    "CodingAgent/getHistory": NoInput(),
     "HumanClaimApprovalAgent/run": Obj({"message": NONEMPTY}, {"message": "3000USD bill"}),
     "HumanClaimApprovalWithTimeoutsAgent/run": Obj({"message": NONEMPTY}, {"message": "3000USD"}),
     "ClaimReview/approve": NoInput(),
@@ -672,6 +691,12 @@ SETTINGS: dict[str, Callable[[pytest.FixtureRequest, RestateServer], dict[str, s
     ).service_settings(),
     "database": lambda request, server: database_settings(request),
     "encryptedjournal": lambda request, server: {"JOURNAL_KEYS": ENCRYPTEDJOURNAL_KEYS},
+    # agent patterns: the model stand-in, so that a body let through by mistake never
+    # reaches a real provider (with an OPENAI_API_KEY in the environment)
+    **dict.fromkeys(
+        ["multiagent", "agentworkflows", "racingagents"],
+        lambda request, server: request.getfixturevalue("model_standin").service_settings(),
+    ),
 }
 
 

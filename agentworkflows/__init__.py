@@ -1,0 +1,1 @@
+"""Agent workflows: chained, parallel, orchestrator-worker and evaluator-optimizer agents."""

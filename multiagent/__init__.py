@@ -1,0 +1,1 @@
+"""Multi-agent: specialists by handoff, remote agents as services, a workflow as a tool."""

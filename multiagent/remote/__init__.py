@@ -1,0 +1,1 @@
+"""The remote agents of multiagent: a deployment of their own (`python -m multiagent.remote`)."""
