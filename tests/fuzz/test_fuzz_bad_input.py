@@ -694,7 +694,14 @@ SETTINGS: dict[str, Callable[[pytest.FixtureRequest, RestateServer], dict[str, s
     # agent patterns: the model stand-in, so that a body let through by mistake never
     # reaches a real provider (with an OPENAI_API_KEY in the environment)
     **dict.fromkeys(
-        ["multiagent", "agentworkflows", "racingagents"],
+        [
+            "durableagent",
+            "chatagent",
+            "approvalagent",
+            "multiagent",
+            "agentworkflows",
+            "racingagents",
+        ],
         lambda request, server: request.getfixturevalue("model_standin").service_settings(),
     ),
 }
