@@ -4,14 +4,12 @@ downstream HTTP service as a process, and the tracing settings of the server and
 The OTLP receiver itself is devkit/otlp_receiver.py.
 """
 
-import os
-import sys
 from pathlib import Path
 
-from devkit.processes import Echo, ManagedProcess, http_ok
+from devkit.processes import Echo, StandInProcess
 
 
-class HttpProcess(ManagedProcess):
+class HttpProcess(StandInProcess):
     """A plain HTTP service that a pattern calls (no Restate SDK), `python -m <module>` on
     127.0.0.1 (HOST and PORT set, the settings in its environment), ready when it answers
     200 on `/health`."""
@@ -25,17 +23,8 @@ class HttpProcess(ManagedProcess):
         settings: dict[str, str] | None = None,
         echo: Echo | None = None,
     ) -> None:
-        env = {**os.environ, **(settings or {})}
-        env.update(HOST="127.0.0.1", PORT=str(port), PYTHONUNBUFFERED="1")
-        super().__init__(name, [sys.executable, "-m", module], log_path, env=env, echo=echo)
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        super().start()
-        self.wait_ready(
-            lambda: http_ok(f"{self.url}/health"), timeout, f"{self.name} to listen on {self.url}"
-        )
+        env = {**(settings or {}), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        super().__init__(module, port, "PORT", log_path, env, echo, name=name)
 
 
 def server_settings(grpc_endpoint: str, batch_delay_ms: int) -> dict[str, str]:

@@ -50,10 +50,11 @@ class StandInProcess(ManagedProcess):
         log_path: Path,
         settings: dict[str, str] | None = None,
         echo: Echo | None = None,
+        name: str = "",
     ) -> None:
         env = {**os.environ, **(settings or {}), port_env: str(port)}
         argv = [sys.executable, "-m", module]
-        super().__init__(module, argv, log_path, env=env, cwd=ROOT, echo=echo)
+        super().__init__(name or module, argv, log_path, env=env, cwd=ROOT, echo=echo)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
 
