@@ -97,6 +97,7 @@ import re
 import sys
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,10 @@ class ModelStandin(ManagedProcess):
     def requests(self, token: str) -> list[dict[str, Any]]:
         answer: dict[str, Any] = self._call("GET", f"/_scripts/{token}")
         return list(answer["requests"])
+
+    def by_step(self, token: str) -> Counter[str]:
+        """The token's requests, counted by the step or rule that answered them."""
+        return Counter(request["step"] for request in self.requests(token))
 
     def count(self, token: str, status: int | None = None) -> int:
         """Requests the token's script received (with this status, if given)."""

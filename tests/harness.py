@@ -17,7 +17,7 @@ from devkit.pytest_restate import (
 )
 
 __all__ = ["HTTP_TIMEOUT", "NOT_PUBLIC", "Admin", "Ingress", "StartService", "Topic",
-           "assert_ingress_refuses", "count_lines", "eventually", "restate_cli",
+           "assert_ingress_refuses", "count_lines", "eventually", "logged", "restate_cli",
            "run_module"]  # fmt: skip
 
 
@@ -39,6 +39,17 @@ def assert_ingress_refuses(ingress: Ingress, path: str, body: Any = None) -> Non
 def count_lines(service: PatternService, text: str) -> int:
     """How many lines of the service's log contain `text` (across restarts)."""
     return sum(text in line for line in service.log_lines())
+
+
+def logged(service: PatternService, text: str, times: int = 1) -> None:
+    """`text` is in the service's log exactly `times` times. The log reaches its file
+    through a pipe: wait for the lines to land, then check there are no more."""
+    eventually(
+        lambda: count_lines(service, text) >= times,
+        timeout=15,
+        message=f"{text!r} logged {times} times",
+    )
+    assert count_lines(service, text) == times, text
 
 
 def restate_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ between the steps of a chain, bad input.
 Every test keys its model script by a token of its own, which it puts in the input."""
 
 import json
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from tests.harness import (
     assert_ingress_refuses,
     count_lines,
     eventually,
+    logged,
 )
 
 RESTART_TIMEOUT = 120.0  # a restart imports the Agents SDK: seconds of CPU, more under load
@@ -42,17 +42,6 @@ ANALYST, PARSER, DECISION, ELIGIBILITY, RATES, FRAUD = (f"rule {i}" for i in ran
 RESEARCHER, WRITER, PASS, FAIL, RETRY, GENERATE, PLANNER = (f"rule {i}" for i in range(6, 13))
 
 
-def logged(service: PatternService, text: str, times: int = 1) -> None:
-    """`text` is in the service's log exactly `times` times. The log reaches its file
-    through a pipe: wait for the lines to land, then check there are no more."""
-    eventually(
-        lambda: count_lines(service, text) >= times,
-        timeout=15,
-        message=f"{text!r} logged {times} times",
-    )
-    assert count_lines(service, text) == times, text
-
-
 def start(start_service: StartService, model: ModelStandin, **settings: str) -> PatternService:
     return start_service("agentworkflows", {**model.service_settings(), **settings})
 
@@ -61,11 +50,6 @@ def call(ingress: Ingress, path: str, body: Any) -> Any:
     response = ingress.post(path, json=body)
     assert response.status_code == 200, f"{path}: {response.status_code} {response.text}"
     return response.json()
-
-
-def requests_by_rule(model: ModelStandin, token: str) -> Counter[str]:
-    """Model requests of the token's script, by the step or rule that answered them."""
-    return Counter(request["step"] for request in model.requests(token))
 
 
 def test_the_four_workflows_of_the_readme(
@@ -91,7 +75,7 @@ def test_the_four_workflows_of_the_readme(
         "amountUsd": 3240.0,
         "confirmation": f"payment of 3240.00 USD for claim {claim_id}",
     }
-    assert requests_by_rule(model, chain) == {PARSER: 1, ANALYST: 1}
+    assert model.by_step(chain) == {PARSER: 1, ANALYST: 1}
     logged(service, "Converted 3000.00 EUR to 3240.00 USD")
     logged(service, f"Paid 3240.00 USD for claim {claim_id}")
 
@@ -109,7 +93,7 @@ def test_the_four_workflows_of_the_readme(
     assert response.json() == (
         "Approved. Eligibility: eligible; cost: reasonable; fraud risk: low risk."
     )
-    assert requests_by_rule(model, parallel) == {ELIGIBILITY: 1, RATES: 1, FRAUD: 1, DECISION: 1}
+    assert model.by_step(parallel) == {ELIGIBILITY: 1, RATES: 1, FRAUD: 1, DECISION: 1}
     # all three calls were made before any of their results came back: they ran side by side
     sql = f"SELECT entry_type FROM sys_journal WHERE id = '{run_id}' ORDER BY index"
     journal = [entry["entry_type"] for entry in admin.query(sql)]
@@ -137,7 +121,7 @@ def test_the_four_workflows_of_the_readme(
         "trade, all pointing the same way.",
         "taskCount": 3,
     }
-    assert requests_by_rule(model, research) == {PLANNER: 1, RESEARCHER: 3, WRITER: 1}
+    assert model.by_step(research) == {PLANNER: 1, RESEARCHER: 3, WRITER: 1}
     for question in ("jobs", "energy prices", "trade"):
         logged(service, f"Researching: the effect on {question}")
 
@@ -149,7 +133,7 @@ def test_the_four_workflows_of_the_readme(
         "passed": True,
         "iterations": 2,
     }
-    assert requests_by_rule(model, code) == {GENERATE: 1, FAIL: 1, RETRY: 1, PASS: 1}
+    assert model.by_step(code) == {GENERATE: 1, FAIL: 1, RETRY: 1, PASS: 1}
     assert model.answered_twice(code) == []
 
 
@@ -171,7 +155,7 @@ def test_iterations_and_research_tasks_are_bounded_by_settings(
         "passed": False,
         "iterations": 2,
     }
-    assert requests_by_rule(model, never) == {"rule 0": 2, "rule 1": 1, "rule 2": 1}
+    assert model.by_step(never) == {"rule 0": 2, "rule 1": 1, "rule 2": 1}
 
     # a plan of three questions: two workers (MAX_RESEARCH_TASKS)
     wide = unique("t")
@@ -183,7 +167,7 @@ def test_iterations_and_research_tasks_are_bounded_by_settings(
     ])  # fmt: skip
     answer = call(ingress, "/ResearchReport/generate", {"topic": f"anything {wide}"})
     assert answer == {"report": "the report", "taskCount": 2}
-    assert requests_by_rule(model, wide) == {"rule 2": 1, "rule 0": 2, "rule 1": 1}
+    assert model.by_step(wide) == {"rule 2": 1, "rule 0": 2, "rule 1": 1}
 
 
 def test_a_crash_between_steps_repeats_no_finished_step(

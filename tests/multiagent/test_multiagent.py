@@ -5,7 +5,6 @@ Each claim's id (the object key) is a token of the test: the prompts carry it, s
 model stand-in answers every request about that claim from the test's script, the remote
 agents' requests included."""
 
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +17,8 @@ from tests.harness import (
     Ingress,
     StartService,
     assert_ingress_refuses,
-    count_lines,
     eventually,
+    logged,
 )
 
 RESTART_TIMEOUT = 120.0  # a restart imports the Agents SDK: seconds of CPU, more under load
@@ -38,17 +37,6 @@ CAR_CLAIM = {"date": "2024-11-12", "amount": 1200, "category": "car accident",
 )
 
 
-def logged(service: PatternService, text: str, times: int = 1) -> None:
-    """`text` is in the service's log exactly `times` times. The log reaches its file
-    through a pipe: wait for the lines to land, then check there are no more."""
-    eventually(
-        lambda: count_lines(service, text) >= times,
-        timeout=15,
-        message=f"{text!r} logged {times} times",
-    )
-    assert count_lines(service, text) == times, text
-
-
 def start_both(
     start_service: StartService, model: ModelStandin
 ) -> tuple[PatternService, PatternService]:
@@ -63,10 +51,6 @@ def submit(ingress: Ingress, claim_id: str, claim: dict[str, Any]) -> str:
     answer = response.json()
     assert isinstance(answer, str)
     return answer
-
-
-def requests_by_rule(model: ModelStandin, token: str) -> Counter[str]:
-    return Counter(request["step"] for request in model.requests(token))
 
 
 def test_walkthrough_routes_checks_remotely_and_pays_once(
@@ -88,7 +72,7 @@ def test_walkthrough_routes_checks_remotely_and_pays_once(
     receipt = f"transfer of 3000.00 for claim {claim_id}"
     answer = submit(ingress, claim_id, CLAIM)
     assert answer == f"Approved. Payout: {receipt}"
-    assert requests_by_rule(model, claim_id) == {
+    assert model.by_step(claim_id) == {
         TO_MEDICAL: 1, CHECK_BOTH: 1, ELIGIBLE: 1, LOW_RISK: 1, PAY: 1, ANSWER: 1,
     }  # fmt: skip
     logged(claims, f"Transferred 3000.00 for claim {claim_id}")
@@ -103,8 +87,8 @@ def test_walkthrough_routes_checks_remotely_and_pays_once(
     # submitted again: straight to the specialist (no intake), and no second payout
     again = submit(ingress, claim_id, CLAIM)
     assert again == f"Approved. Payout: already paid ({receipt})"
-    assert requests_by_rule(model, claim_id)[RESUBMITTED] == 1
-    assert requests_by_rule(model, claim_id)[TO_MEDICAL] == 1
+    assert model.by_step(claim_id)[RESUBMITTED] == 1
+    assert model.by_step(claim_id)[TO_MEDICAL] == 1
     logged(claims, f"Transferred 3000.00 for claim {claim_id}")
     payouts = admin.query(
         f"SELECT status FROM sys_invocation WHERE target = 'ClaimPayout/{claim_id}/run'"
@@ -116,7 +100,7 @@ def test_walkthrough_routes_checks_remotely_and_pays_once(
     model.script(car_id, **script)
     answer = submit(ingress, car_id, CAR_CLAIM)
     assert answer == f"Approved. Payout: transfer of 1200.00 for claim {car_id}"
-    assert requests_by_rule(model, car_id) == {
+    assert model.by_step(car_id) == {
         TO_CAR: 1, CHECK_FRAUD: 1, LOW_RISK: 1, PAY: 1, ANSWER: 1,
     }  # fmt: skip
     assert admin.state("MultiAgentClaimApproval", car_id)["lastAgent"] == '"CarSpecialist"'

@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import Callable
 
 from devkit.model_standin import ModelStandin, text
-from devkit.processes import PatternService
 from tests.harness import (
     Admin,
     Ingress,
@@ -14,21 +13,11 @@ from tests.harness import (
     assert_ingress_refuses,
     count_lines,
     eventually,
+    logged,
     restate_cli,
 )
 
 INVOCATION = "SELECT id, status, completion_result, completion_failure FROM sys_invocation"
-
-
-def logged(service: PatternService, text: str, times: int = 1) -> None:
-    """`text` is in the service's log exactly `times` times. The log reaches its file
-    through a pipe: wait for the lines to land, then check there are no more."""
-    eventually(
-        lambda: count_lines(service, text) >= times,
-        timeout=15,
-        message=f"{text!r} logged {times} times",
-    )
-    assert count_lines(service, text) == times, text
 
 
 def test_the_first_answer_wins_and_the_loser_is_cancelled_with_its_tool(
