@@ -153,9 +153,7 @@ def test_fourteen_typescript_callers_through_the_python_queue(
         results = [ok(answer.result()) for answer in answers]
     assert results == [index + 100 for index in range(14)]
     # the client does not await `done()`: a caller can answer before its slot is given back
-    eventually(
-        lambda: queue_state(admin, queue) == ([], [], 0), 30, "every slot given back"
-    )
+    eventually(lambda: queue_state(admin, queue) == ([], [], 0), 30, "every slot given back")
     ticks = [line for line in service.log_lines() if "Tick end." in line and "queue/" in line]
     in_flight = [int(line.rsplit("In Flight: ", 1)[1]) for line in ticks]
     assert max(in_flight) == 10, in_flight  # the bound held, and was reached
