@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 import pytest
@@ -268,10 +268,31 @@ def _kill_leftovers() -> None:  # e.g. after Ctrl-C in the middle of a fixture
         process.kill()
 
 
+class Child(Protocol):
+    """What ManagedProcess uses of a `subprocess.Popen`."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, signal: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+# Starts a process (argv, env, cwd, log path) some other way than subprocess.Popen, or
+# returns None to have it spawned: a suite can set one (see ManagedProcess.launcher).
+Launcher = Callable[[list[str], dict[str, str] | None, Path | None, Path], Child | None]
+
+
 class ManagedProcess:
     """A child process in a session of its own (Ctrl-C in a terminal reaches only its
     parent), its output appended to a log file across restarts and optionally passed,
     line by line, to `echo`."""
+
+    # How processes without `echo` are started when not spawned with subprocess.Popen: a
+    # suite may set a launcher here (this repository's: a fork server, devkit/forkserver.py).
+    launcher: ClassVar[Launcher | None] = None
 
     def __init__(
         self,
@@ -288,7 +309,7 @@ class ManagedProcess:
         self.cwd = cwd
         self.log_path = log_path
         self.echo = echo
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | None = None
         self._reader: threading.Thread | None = None
 
     @property
@@ -304,9 +325,17 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Without a callback the child writes straight into its log file, so a line it
         # logged before answering a request is in the file when the answer arrives.
+        launched = None
+        if self.echo is None and ManagedProcess.launcher is not None:
+            launched = ManagedProcess.launcher(self.argv, self.env, self.cwd, self.log_path)
+        if launched is not None:
+            self._proc = launched
+            if self not in _live:
+                _live.append(self)
+            return
         argv, preexec = _dying_with_parent(self.argv)
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
+            self._proc = process = subprocess.Popen(
                 argv,
                 cwd=self.cwd,
                 env=self.env,
@@ -320,7 +349,7 @@ class ManagedProcess:
             _live.append(self)
         if self.echo is not None:
             self._reader = threading.Thread(
-                target=self._pump, args=(self._proc,), name=f"log-{self.name}", daemon=True
+                target=self._pump, args=(process,), name=f"log-{self.name}", daemon=True
             )
             self._reader.start()
 

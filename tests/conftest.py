@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from devkit import ROOT, binaries, kafka
+from devkit import ROOT, binaries, forkserver, kafka
 from devkit.kafka import TansuBroker
 from devkit.model_standin import ModelStandin
-from devkit.processes import RestateServer, free_port
+from devkit.processes import ManagedProcess, RestateServer, free_port
 from devkit.pytest_restate import StartServer, attach_log, lend
 from devkit.stripe_standin import LocalStripe
 from tests.fuzz.test_fuzz_bad_input import INPUTS_TRIED
@@ -46,6 +46,21 @@ def pytest_configure(config: pytest.Config) -> None:
     --restate-always-replay."""
     if os.environ.get("PATTERNS_ALWAYS_REPLAY") == "1":
         config.option.restate_always_replay = True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The services of this test process are forked from one that has imported their
+    libraries (devkit/forkserver.py: why, and what a forked service shares with a spawned
+    one); PATTERNS_FORK_SERVER=0 spawns each."""
+    if not forkserver.ENABLED:
+        yield
+        return
+    server = forkserver.ForkServer(tmp_path_factory.getbasetemp() / "forkserver.log", ROOT)
+    ManagedProcess.launcher = server.launcher
+    yield
+    ManagedProcess.launcher = None
+    server.stop()
 
 
 @pytest.fixture(scope="session")
