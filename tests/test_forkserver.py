@@ -14,7 +14,8 @@ from devkit import ROOT, forkserver
 from devkit.processes import ManagedProcess
 from tests.harness import eventually
 
-MODULE = "tests.example.forked"
+# run from its folder, which is not the fork server's (the repository's root)
+FOLDER, MODULE = ROOT / "tests" / "example", "forked"
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def fork_server(tmp_path: Path) -> Iterator[forkserver.ForkServer]:
 def child(tmp_path: Path, end: str, **env: str) -> tuple[ManagedProcess, dict[str, str]]:
     settings = {**os.environ, "FORKED_SETTING": "given", "FORKED_END": end, **env}
     process = ManagedProcess(
-        MODULE, [sys.executable, "-m", MODULE], tmp_path / f"{end}.log", settings, tmp_path
+        MODULE, [sys.executable, "-m", MODULE], tmp_path / f"{end}.log", settings, FOLDER
     )
     return process, settings
 
@@ -62,8 +63,8 @@ def test_a_forked_child_is_the_module_run_as_main_with_its_settings_and_exit_cod
         eventually(partial(ended, process), 30, f"{end or 'return'} ends")
         assert process.exit_code() == code, (end, process.log_text())
         seen = lines(process)
-        assert seen["argv0"] == str(ROOT / "tests" / "example" / "forked.py")
-        assert (seen["cwd"], seen["path0"]) == (str(tmp_path), str(tmp_path))
+        assert seen["argv0"] == str(FOLDER / "forked.py")
+        assert (seen["cwd"], seen["path0"]) == (str(FOLDER), str(FOLDER))
         assert (seen["setting"], seen["main"]) == ("given", "__main__")
     assert "gone" in (tmp_path / "exit:gone.log").read_text()
     assert "RuntimeError: the child failed" in (tmp_path / "raise.log").read_text()
