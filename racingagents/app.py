@@ -164,18 +164,19 @@ async def race(ctx: restate.Context, body: bytes) -> Answer:
         "thinkLonger": ctx.service_call(think_longer, arg=body),
         "respondQuickly": ctx.service_call(respond_quickly, arg=body),
     }
+    running = dict(racers)
     async for finished in restate.as_completed(*racers.values()):
         winner = next(name for name, call in racers.items() if call is finished)
+        del running[winner]
         try:
             answer = str(await finished)
         except restate.TerminalError as error:  # that agent failed: wait for the other
             logger.info("%s failed: %s", winner, error.message)
             continue
-        for name, call in racers.items():
-            if call is not finished:
-                loser = await call.invocation_id()
-                ctx.cancel_invocation(loser)
-                logger.info("%s answered first; cancelled %s (%s)", winner, name, loser)
+        for name, call in running.items():  # the racers still running: not a failed one
+            loser = await call.invocation_id()
+            ctx.cancel_invocation(loser)
+            logger.info("%s answered first; cancelled %s (%s)", winner, name, loser)
         return Answer(agent=winner, answer=answer)
     raise restate.TerminalError("no agent answered", status_code=502)
 

@@ -137,10 +137,13 @@ def test_the_four_workflows_of_the_readme(
     assert model.answered_twice(code) == []
 
 
-def test_iterations_and_research_tasks_are_bounded_by_settings(
+def test_limits_the_chain_s_gate_and_an_unknown_currency(
     start_service: StartService, model: ModelStandin, ingress: Ingress, unique: Callable[[str], str]
 ) -> None:
-    start(start_service, model, MAX_ITERATIONS="2", MAX_RESEARCH_TASKS="2")
+    """MAX_ITERATIONS and MAX_RESEARCH_TASKS bound the loops; the analyst refusing a claim
+    stops the chain (model requests: parse 1, analyse 1; no conversion, no payment); a
+    currency outside the table is a 422 (no payment)."""
+    service = start(start_service, model, MAX_ITERATIONS="2", MAX_RESEARCH_TASKS="2")
 
     # an evaluator that never passes: two rounds (MAX_ITERATIONS), then the last attempt
     never = unique("t")
@@ -168,6 +171,32 @@ def test_iterations_and_research_tasks_are_bounded_by_settings(
     answer = call(ingress, "/ResearchReport/generate", {"topic": f"anything {wide}"})
     assert answer == {"report": "the report", "taskCount": 2}
     assert model.by_step(wide) == {"rule 2": 1, "rule 0": 2, "rule 1": 1}
+
+    # the gate: the analyst refuses, the chain stops before converting and paying
+    refused = unique("t")
+    parsed = {"date": "2024-10-01", "amount": 100, "currency": "EUR", "category": "dental",
+              "description": "whitening"}  # fmt: skip
+    model.script(refused, steps=[
+        text(json.dumps(parsed)),
+        text(json.dumps({"approved": False, "approvedAmount": 0, "explanation": "cosmetic"})),
+    ])  # fmt: skip
+    answer = call(ingress, "/ClaimReimbursement/process", {"message": f"Whitening {refused}"})
+    assert answer == {"approved": False, "analysis": "cosmetic", "amountUsd": 0, "confirmation": ""}
+    assert [r["step"] for r in model.requests(refused)] == ["0", "1"]
+
+    # a currency outside the table: 422, nothing paid
+    unknown = unique("t")
+    model.script(unknown, steps=[
+        text(json.dumps({**parsed, "currency": "XYZ"})),
+        text(json.dumps({"approved": True, "approvedAmount": 100, "explanation": "usual"})),
+    ])  # fmt: skip
+    response = ingress.post("/ClaimReimbursement/process", json={"message": f"Bill {unknown}"})
+    assert response.status_code == 422, response.text
+    assert response.json()["message"] == "no exchange rate for currency 'XYZ'"
+    assert model.count(unknown) == 2
+    # neither claim was converted nor paid (these lines are written inside the steps)
+    assert count_lines(service, "Converted ") == 0
+    assert count_lines(service, "Paid ") == 0
 
 
 def test_a_crash_between_steps_repeats_no_finished_step(

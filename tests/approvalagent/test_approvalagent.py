@@ -69,9 +69,13 @@ def test_walkthrough_approval_refused_answers_and_bad_input(
     start_service: StartService,
     model: ModelStandin,
     ingress: Ingress,
+    admin: Admin,
     client_env: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
+    """The README's claim, approved; with a deadline (APPROVAL_TIMEOUT_SECONDS, 3 h by
+    default here), approved before it: the approval wins the race, the review is never
+    expired. Then second and unknown answers, a small claim, private handlers, bad input."""
     service = agent(start_service, model)
     token = scripted(model, unique)
     invocation = ingress.send(RUN, json={"message": f"{CLAIM} {token}"})
@@ -90,6 +94,21 @@ def test_walkthrough_approval_refused_answers_and_bad_input(
     unknown = ingress.post(f"/ClaimReview/{unique('review')}/approve")
     assert unknown.status_code == 404
     assert unknown.json()["message"].startswith("No claim review ")
+
+    # with a deadline, answered before it: the approval wins, the timer is left to run out
+    timed = scripted(model, unique)
+    timed_run = ingress.send(RUN_WITH_TIMEOUT, json={"message": f"{CLAIM} {timed}"})
+    timed_review = review_requested(service, timed)
+    response = ingress.post(f"/ClaimReview/{timed_review}/approve")
+    assert response.status_code == 200, response.text
+    assert attach(ingress, timed_run) == "Your claim of 3000 USD went to a reviewer: Approved."
+    assert admin.state("ClaimReview", timed_review)["status"] == '"approved"'
+    expired = admin.query(
+        f"SELECT id FROM sys_invocation WHERE target = 'ClaimReview/{timed_review}/expire'"
+    )
+    assert expired == []  # the deadline's branch never ran
+    assert count_lines(service, f"Human review {timed_review} requested") == 1
+    assert [r["last"] for r in model.requests(timed)] == ["user", "tool"]
 
     cli = restate_cli("kv", "get", "ClaimReview", review, env=client_env)
     assert "approved" in cli.stdout

@@ -17,6 +17,7 @@ from tests.harness import (
     Ingress,
     StartService,
     assert_ingress_refuses,
+    count_lines,
     eventually,
     logged,
 )
@@ -175,14 +176,18 @@ def test_a_crash_of_the_remote_agents_service_mid_call_completes_the_claim_once(
     assert {call["status"] for call in called} == {"completed"}
 
 
-def test_bad_input_is_400_naming_the_field_and_starts_no_agent(
+def test_bad_input_the_payout_cap_and_the_turn_limit(
     start_service: StartService,
     model: ModelStandin,
     ingress: Ingress,
     admin: Admin,
     unique: Callable[[str], str],
 ) -> None:
-    start_service("multiagent", model.service_settings())
+    """Bad input: a 400 naming the field, no agent started. Then, with AGENT_MAX_TURNS 3: a
+    specialist asking pay_claim for more than was claimed is refused by the tool (no
+    payout workflow, no transfer); a run that would take a 4th model call ends with a 502,
+    the claim's state untouched. Counted: model requests (3 each), transfers (0)."""
+    claims = start_service("multiagent", {**model.service_settings(), "AGENT_MAX_TURNS": "3"})
     claim_id = unique("claim")
     model.script(claim_id, rules=[text("unused")])
     cases: list[tuple[Any, str]] = [
@@ -206,3 +211,32 @@ def test_bad_input_is_400_naming_the_field_and_starts_no_agent(
     response = ingress.post(f"/ClaimPayout/{claim_id}/receipt")
     assert response.status_code == 404
     assert response.json()["message"] == f"claim {claim_id} has not been paid"
+
+    # pay_claim's cap: the model asks for more than the 3000 claimed, the tool refuses
+    capped = unique("claim")
+    model.script(capped, steps=[
+        tool_call("transfer_to_medicalspecialist"),
+        tool_call("pay_claim", amount=5000),
+        text("Specialist: {output}"),
+    ])  # fmt: skip
+    answer = submit(ingress, capped, CLAIM)
+    assert answer == "Specialist: Refused: the amount must be above 0 and at most 3000.00."
+    assert model.count(capped) == 3
+    paid = admin.query(f"SELECT id FROM sys_invocation WHERE target = 'ClaimPayout/{capped}/run'")
+    assert paid == []
+    assert ingress.post(f"/ClaimPayout/{capped}/receipt").status_code == 404
+
+    # AGENT_MAX_TURNS: three model calls, and the run that would need a fourth ends, 502
+    looping = unique("claim")
+    model.script(looping, steps=[
+        tool_call("transfer_to_medicalspecialist"),
+        tool_call("pay_claim", amount=9999),
+        tool_call("pay_claim", amount=9999),
+        text("never asked for"),
+    ])  # fmt: skip
+    response = ingress.post(f"/MultiAgentClaimApproval/{looping}/run", json=CLAIM)
+    assert response.status_code == 502, response.text
+    assert response.json()["message"] == "IntakeAgent: Max turns (3) exceeded"
+    assert model.count(looping) == 3
+    assert admin.state("MultiAgentClaimApproval", looping) == {}
+    assert count_lines(claims, "Transferred ") == 0
