@@ -25,7 +25,15 @@ from tests.encryptedjournal.helpers import (
     settings,
     state_values,
 )
-from tests.harness import Admin, Ingress, StartService, count_lines, eventually, run_module
+from tests.harness import (
+    Admin,
+    Ingress,
+    StartService,
+    count_lines,
+    eventually,
+    restate_cli,
+    run_module,
+)
 
 PROFILE = {"name": "Ada Lovelace", "email": "ada@example.com", "cardNumber": "4242424242424242"}
 CHARGE = {"amountCents": 1999, "description": "Blood test"}
@@ -37,6 +45,12 @@ def restart_with_keys(service: PatternService, *ids: str) -> None:
     assert service.env is not None
     service.env["JOURNAL_KEYS"] = keys(*ids)
     service.start()
+
+
+def cli_output(*args: str, env: dict[str, str]) -> str:
+    """All the `restate` CLI printed (it writes some of its tables to stderr)."""
+    result = restate_cli(*args, env=env)
+    return result.stdout + result.stderr
 
 
 def register(ingress: Ingress, customer: str, *ids: str) -> None:
@@ -148,6 +162,14 @@ def test_a_value_under_a_key_that_is_gone_waits_until_the_key_is_back(
     assert status[0]["status"] in {"backing-off", "running"}, status  # not failed
     assert count_lines(service, f"cannot decrypt a journal value: {missing_key}") >= 1
 
+    def shown_by_the_cli() -> bool:  # as the README shows it (while it backs off)
+        listed = cli_output("invocations", "list", "--service", "Customer", "--key", customer,
+                            env=client_env)  # fmt: skip
+        described = cli_output("invocations", "describe", invocation, env=client_env)
+        return all(f'UnknownKeyError("{missing_key}' in text for text in (listed, described))
+
+    eventually(shown_by_the_cli, 30, "restate invocations list/describe to show the error")
+
     restart_with_keys(service, "k2", "k1")  # the key is back
     response = ingress.get(f"/restate/invocation/{invocation}/attach")
     assert key_id(response.content) == "k2"
@@ -189,10 +211,22 @@ def test_tampered_values_and_unknown_keys_fail_with_an_error_naming_the_key_id(
     env = {**client_env, "JOURNAL_KEYS": keys("k1")}
     result = run_module("encryptedjournal.client", "get", customer, env=env)
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "error: 500 journal value under key id 'k1' failed authentication: its bytes were "
-        "changed, or it was encrypted with another key of that id"
+    tampered = (
+        "journal value under key id 'k1' failed authentication: its bytes were changed, or it "
+        "was encrypted with another key of that id"
     )
+    assert result.stderr.strip() == f"error: 500 {tampered}"
+    # no retry: the invocation is over, failed, after one attempt to decrypt the value (the
+    # codec logs each attempt's failure)
+    rows = admin.query(
+        "SELECT status, completion_result, completion_failure FROM sys_invocation "
+        f"WHERE target = 'Customer/{customer}/get'"
+    )
+    assert rows == [{"status": "completed", "completion_result": "failure",
+                     "completion_failure": f"[500] {tampered}"}]  # fmt: skip
+    failed = f"cannot decrypt a journal value: {tampered}"
+    eventually(lambda: count_lines(service, failed) >= 1, 10, "the attempt's log line")
+    assert count_lines(service, failed) == 1
 
     # a request with one byte changed: refused, the service's log says why
     body = bytearray(codec("k1").encode(json.dumps(PROFILE).encode()))

@@ -167,6 +167,13 @@ def test_give_up_and_compensate_refuse_at_once_and_wait_as_told(
     assert again.status_code == 409, again.text
     assert again.json()["message"] == f"Order {paid} was placed already"
     assert downstream.order(paid)["reserveCalls"] == 1
+    # A cancelled one too: its id is used up, nothing is reserved or charged again.
+    again = place(ingress, unavailable, "tok_visa")
+    assert again.status_code == 409, again.text
+    assert again.json()["message"] == f"Order {unavailable} was placed already"
+    assert calls(downstream.order(unavailable)) == {"reserveCalls": 1, "releaseCalls": 1,
+        "chargeCalls": 3, "earlyChargeCalls": 0, "labelCalls": 0, "invoiceCalls": 0}  # fmt: skip
+    assert admin.state("Order", unavailable) == {"status": '"cancelled"'}
 
 
 def test_an_order_paused_by_a_carrier_outage_completes_once_resumed(

@@ -305,33 +305,16 @@ def test_old_renewal_completes_on_v1_once_across_crashes_of_server_and_v1_during
     assert unfinished(dp1, client_env) == 0
 
 
-def test_overwriting_v1_in_place_stops_the_old_renewal_with_a_journal_mismatch(
-    start_service: StartService,
-    serve: Serve,
-    ingress: Ingress,
-    admin: Admin,
-    client_env: dict[str, str],
-    unique: Callable[[str], str],
+def stopped_by_a_journal_mismatch(
+    admin: Admin, client_env: dict[str, str], invocation: str, difference: str
 ) -> None:
-    fast = {"RENEWAL_DELAY_SECONDS": "2"}
-    v1 = start_service("versioning", fast)
-    sub = unique("sub-1")
-    first = renew(ingress, sub)
-    eventually(lambda: in_sleep(admin, first), timeout=30, message="sub-1 sleeps on v1")
-    dp1 = deployment_of(v1, client_env)
+    """The invocation backs off with the SDK's journal mismatch, in `sys_invocation` and in
+    `restate invocations describe` as the README shows them."""
 
-    # what not to do: v2's code at v1's address, registered over v1 with --force
-    v1.kill()
-    v2 = serve({**fast, "VERSION": "v2"}, port=v1.port)
-    overwrite = restate_cli("-y", "deployments", "register", "--force", v1.url, env=client_env)
-    assert "DANGEROUS" in said(overwrite)
-    assert deployment_of(v2, client_env) == dp1  # overwritten in place: the same id
-
-    # the retry replays sub-1's journal (written by v1) on v2's code: the SDK refuses
     def mismatch() -> dict[str, Any]:
         row: dict[str, Any] = admin.query(
             "SELECT status, last_failure, last_failure_error_code FROM sys_invocation "
-            f"WHERE id = '{first}'"
+            f"WHERE id = '{invocation}'"
         )[0]
         assert row.get("last_failure_error_code") == "RT0016", row
         return row
@@ -339,30 +322,90 @@ def test_overwriting_v1_in_place_stops_the_old_renewal_with_a_journal_mismatch(
     row = eventually(mismatch, timeout=30, message="a journal mismatch")
     assert row["status"] == "backing-off"
     assert "[570 Journal mismatch]" in row["last_failure"]
-    assert "name: send renewal notice != look up loyalty discount" in row["last_failure"]
+    assert f"name: {difference}" in row["last_failure"]
 
     def described() -> bool:  # shown while it backs off (not during an attempt)
-        text = said(restate_cli("invocations", "describe", first, env=client_env))
+        text = said(restate_cli("invocations", "describe", invocation, env=client_env))
         assert "570 Journal mismatch" in text, text
-        return "send renewal notice != look up loyalty discount" in text
+        return (
+            "The mismatch happened while executing 'run' (index '1')" in text
+            and f"name: {difference}" in text
+        )
 
     eventually(described, timeout=30, message="restate invocations describe shows it")
 
+
+def killed(ingress: Ingress, client_env: dict[str, str], invocation: str) -> None:
+    """The way out, as the README says: kill the invocation; its caller gets an error."""
+    restate_cli("-y", "invocations", "kill", invocation, env=client_env)
+    response = ingress.get(f"/restate/invocation/{invocation}/attach")
+    assert response.status_code == 409, response.text  # killed: a terminal failure
+
+
+def test_overwriting_a_deployment_in_place_stops_its_renewals_with_a_journal_mismatch(
+    start_service: StartService,
+    serve: Serve,
+    ingress: Ingress,
+    admin: Admin,
+    client_env: dict[str, str],
+    unique: Callable[[str], str],
+) -> None:
+    """Both directions: v2's code over v1's deployment (an upgrade in place), then v1's code
+    over that deployment again while a renewal started on v2's code is in flight (the
+    README's "What not to do": v1's code at v2's address)."""
+    # Each renewal's code is killed (-9) as soon as it sleeps, so that it does not finish
+    # there: its next attempt, once the short sleep is over (the always-replay pass
+    # suspends it) or right away, runs on the code that replaced it.
+    fast = {"RENEWAL_DELAY_SECONDS": "2"}
+    v1 = start_service("versioning", fast)
+    dp1 = deployment_of(v1, client_env)
+    sub1, sub3 = unique("sub-1"), unique("sub-3")
+    first = renew(ingress, sub1)
+    eventually(lambda: in_sleep(admin, first), timeout=30, message="sub-1 sleeps on v1")
+    v1.kill()
+
+    # v2's code at v1's address, registered over v1 with --force
+    v2 = serve({**fast, "VERSION": "v2"}, port=v1.port)
+    overwrite = restate_cli("-y", "deployments", "register", "--force", v1.url, env=client_env)
+    assert "DANGEROUS" in said(overwrite)
+    assert deployment_of(v2, client_env) == dp1  # overwritten in place: the same id
+
+    # the retry replays sub-1's journal (written by v1) on v2's code: the SDK refuses
+    stopped_by_a_journal_mismatch(
+        admin, client_env, first, "send renewal notice != look up loyalty discount"
+    )
     # never a wrong result: no charge, no answer, no state
     eventually(
         lambda: count_lines(v2, "VMException: (570)") >= 1,
         timeout=30,
         message="v2's log shows the mismatch",
     )
-    assert charges(v2, sub) == count_lines(v2, f"loyalty discount for {sub}") == 0
+    assert charges(v2, sub1) == count_lines(v2, f"loyalty discount for {sub1}") == 0
     assert ingress.get(f"/restate/invocation/{first}/output").status_code == 470  # not done
-    assert admin.state("Subscription", sub) == {}
+    assert admin.state("Subscription", sub1) == {}
+    killed(ingress, client_env, first)  # nothing was charged, so renew it again
+    assert admin.state("Subscription", sub1) == {}
 
-    # the way out: kill the invocation (nothing was charged, so renew it again)
-    restate_cli("-y", "invocations", "kill", first, env=client_env)
-    killed = ingress.get(f"/restate/invocation/{first}/attach")
-    assert killed.status_code == 409, killed.text  # killed: a terminal failure
-    assert admin.state("Subscription", sub) == {}
+    # the README's direction: a renewal started on v2's code, then v1's code at that address
+    third = renew(ingress, sub3, {"customer": "carol", "priceCents": 999})
+    eventually(lambda: in_sleep(admin, third), timeout=30, message="sub-3 sleeps on v2's code")
+    v2.kill()
+    assert count_lines(v2, f"loyalty discount for {sub3}: 10%") == 1
+    back = serve(fast, port=v1.port)  # VERSION=v1
+    restate_cli("-y", "deployments", "register", "--force", v1.url, env=client_env)
+    assert deployment_of(back, client_env) == dp1
+    stopped_by_a_journal_mismatch(
+        admin, client_env, third, "look up loyalty discount != send renewal notice"
+    )
+    eventually(
+        lambda: count_lines(back, "VMException: (570)") >= 1,
+        timeout=30,
+        message="v1's log shows the mismatch",
+    )
+    assert notices(back, sub3) == charges(back, sub3) == 0
+    assert admin.state("Subscription", sub3) == {}
+    killed(ingress, client_env, third)
+    assert admin.state("Subscription", sub3) == {}
 
 
 def test_bad_input_is_refused_naming_the_field_and_changes_nothing(

@@ -210,6 +210,51 @@ def test_kill_9_or_sigterm_mid_invocation_loses_nothing_and_repeats_nothing(
     each_email_once(service, stopped)
 
 
+def delivered(pid: int, signum: int) -> bool:
+    """The kernel has delivered the signal: it is pending for no thread of the process (its
+    C-level handler has run; Python runs the Python-level one on the main thread before
+    the event loop handles anything else)."""
+    bit = 1 << (signum - 1)
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & bit:
+                return False
+    return True
+
+
+def test_a_plain_uvicorn_run_no_longer_stops_on_sigterm_once_restate_has_called_it(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The README's reason for on_uvicorn.py: the SDK's app takes SIGTERM over at its first
+    request (the health check that tells the service is up), so a plain `uvicorn.run(web)`
+    (tests/webapp/plain_uvicorn.py) is not told to exit by SIGTERM. No Restate server needed."""
+    plain = PatternService(
+        "tests.webapp.plain_uvicorn", free_port(), tmp_path / "plain_uvicorn.log",
+        cwd=ROOT, move_if_taken=True, path=PATH,
+    )  # fmt: skip
+    attach_log(request, plain)
+    plain.start()  # ready once the SDK's health check at /restate/health answered
+    try:
+
+        def probe() -> Any:
+            response = http().get(f"{app_url(plain)}/test/sigterm", timeout=HTTP_TIMEOUT)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        # the event loop's handler (uvloop's, where installed; the SDK's hook behind it), no
+        # longer uvicorn's Server.handle_exit
+        before = probe()
+        assert before["handler"] != "Server.handle_exit", before
+        assert before["shouldExit"] is False
+        assert plain.pid is not None
+        os.kill(plain.pid, signal.SIGTERM)
+        eventually(lambda: delivered(plain.pid or 0, signal.SIGTERM), 10, "SIGTERM delivered")
+        assert probe() == before  # uvicorn not told to exit: it would serve on and on
+        assert plain.running()
+    finally:
+        plain.kill()
+
+
 def test_uvicorn_called_over_http2_fails_with_a_clear_error_until_registered_with_http11(
     start_service: StartService,
     server: RestateServer,
