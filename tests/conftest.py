@@ -3,8 +3,8 @@
 The plugin gives every test process (each pytest-xdist worker) a real Restate server and
 the fixtures `server`, `ingress`, `admin`, `start_service` and `unique`; this file adds
 what the collection needs besides: the pinned server binary and its settings, the Kafka
-broker with its own server, the Stripe stand-in, and the per-test timings that
-`./dev test` sums up per pattern.
+broker with its own server, the Stripe stand-in, the fork server that starts the services
+(devkit/forkserver.py), and the per-test timings that `./dev test` sums up per pattern.
 
 PATTERNS_ALWAYS_REPLAY=1 makes the server suspend the invocation at every await and
 replay it from the journal on the next step, which shakes out non-deterministic code.
