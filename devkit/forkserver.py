@@ -66,7 +66,8 @@ PRELOAD = (
     "fastapi",
     "opentelemetry.sdk.trace",
 )
-ENABLED = os.environ.get("PATTERNS_FORK_SERVER", "1") != "0"
+# Linux only: the test process follows a child of the fork server through a pidfd
+ENABLED = os.environ.get("PATTERNS_FORK_SERVER", "1") != "0" and hasattr(os, "pidfd_open")
 _PR_SET_NAME = 15
 
 
