@@ -253,6 +253,10 @@ class ForkServer:
         hello = self._receive()
         self.env: dict[str, str] | None = hello.get("env") if hello.get("ready") else None
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def _receive(self) -> dict[str, Any]:
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()

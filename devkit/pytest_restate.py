@@ -323,19 +323,20 @@ class ManagedProcess:
         if self.running():
             raise ProcessError(f"{self.name} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        launcher = ManagedProcess.launcher
+        launched = None
+        if self.echo is None and launcher is not None:
+            launched = launcher(self.argv, self.env, self.cwd, self.log_path)
+        self._proc = launched if launched is not None else self._spawn()
+        if self not in _live:
+            _live.append(self)
+
+    def _spawn(self) -> "subprocess.Popen[bytes]":
         # Without a callback the child writes straight into its log file, so a line it
         # logged before answering a request is in the file when the answer arrives.
-        launched = None
-        if self.echo is None and ManagedProcess.launcher is not None:
-            launched = ManagedProcess.launcher(self.argv, self.env, self.cwd, self.log_path)
-        if launched is not None:
-            self._proc = launched
-            if self not in _live:
-                _live.append(self)
-            return
         argv, preexec = _dying_with_parent(self.argv)
         with self.log_path.open("ab") as log:
-            self._proc = process = subprocess.Popen(
+            process = subprocess.Popen(
                 argv,
                 cwd=self.cwd,
                 env=self.env,
@@ -345,13 +346,12 @@ class ManagedProcess:
                 start_new_session=True,
                 preexec_fn=preexec,
             )
-        if self not in _live:
-            _live.append(self)
         if self.echo is not None:
             self._reader = threading.Thread(
                 target=self._pump, args=(process,), name=f"log-{self.name}", daemon=True
             )
             self._reader.start()
+        return process
 
     def _pump(self, proc: "subprocess.Popen[bytes]") -> None:
         assert proc.stdout is not None

@@ -27,12 +27,11 @@ def fork_server(tmp_path: Path) -> Iterator[forkserver.ForkServer]:
     server.stop()
 
 
-def child(tmp_path: Path, end: str, **env: str) -> tuple[ManagedProcess, dict[str, str]]:
+def child(tmp_path: Path, end: str, **env: str) -> ManagedProcess:
     settings = {**os.environ, "FORKED_SETTING": "given", "FORKED_END": end, **env}
-    process = ManagedProcess(
+    return ManagedProcess(
         MODULE, [sys.executable, "-m", MODULE], tmp_path / f"{end}.log", settings, FOLDER
     )
-    return process, settings
 
 
 def waits(process: ManagedProcess) -> bool:
@@ -50,7 +49,7 @@ def lines(process: ManagedProcess) -> dict[str, str]:
 def forked_from(server: forkserver.ForkServer, process: ManagedProcess) -> bool:
     assert process.pid is not None
     ppid = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return ppid == server._proc.pid
+    return ppid == server.pid
 
 
 def test_a_forked_child_is_the_module_run_as_main_with_its_settings_and_exit_code(
@@ -58,7 +57,7 @@ def test_a_forked_child_is_the_module_run_as_main_with_its_settings_and_exit_cod
 ) -> None:
     monkeypatch.setattr(ManagedProcess, "launcher", fork_server.launcher)
     for end, code in [("", 0), ("exit:7", 7), ("exit:gone", 1), ("raise", 1)]:
-        process, _ = child(tmp_path, end)
+        process = child(tmp_path, end)
         process.start()
         eventually(partial(ended, process), 30, f"{end or 'return'} ends")
         assert process.exit_code() == code, (end, process.log_text())
@@ -75,7 +74,7 @@ def test_a_forked_child_is_signalled_and_killed_like_a_spawned_one(
 ) -> None:
     monkeypatch.setattr(ManagedProcess, "launcher", fork_server.launcher)
     for how, code in [("term", 3), ("kill", -signal.SIGKILL), ("int", -signal.SIGINT)]:
-        process, _ = child(tmp_path / how, "wait")
+        process = child(tmp_path / how, "wait")
         (tmp_path / how).mkdir()
         process.start()
         assert forked_from(fork_server, process)
@@ -100,8 +99,8 @@ def test_a_start_the_fork_server_cannot_match_is_spawned(
     server's would differ from a spawned one, so it is spawned."""
     monkeypatch.setattr(ManagedProcess, "launcher", fork_server.launcher)
     (tmp_path / "other").mkdir()
-    same, _ = child(tmp_path, "wait")
-    other, _ = child(tmp_path / "other", "wait", PYTHONHASHSEED="123")
+    same = child(tmp_path, "wait")
+    other = child(tmp_path / "other", "wait", PYTHONHASHSEED="123")
     try:
         for process in same, other:
             process.start()

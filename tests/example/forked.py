@@ -5,7 +5,6 @@ until a signal; default: returns)."""
 import os
 import signal
 import sys
-import time
 
 print(f"argv0={sys.argv[0]}")
 print(f"cwd={os.getcwd()}")
@@ -22,4 +21,4 @@ if end == "wait":
     print("waiting", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))  # a handler runs: exit code 3
     while True:
-        time.sleep(0.05)
+        signal.pause()
