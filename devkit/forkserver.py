@@ -27,7 +27,8 @@ exit code once the pidfd says it has ended.
 
 What a child cannot inherit it is not given: a start whose command is not `python -m
 <module>`, which is echoed (stdout piped), or whose environment differs from the fork
-server's in a variable Python reads at start-up (PYTHON*) is spawned as before.
+server's in a variable Python reads at start-up (PYTHON*, but PYTHONUNBUFFERED, which the
+child applies itself) is spawned as before.
 `PATTERNS_FORK_SERVER=0` turns the fork server off (every start spawned).
 
 Protocol: one JSON object per line on the fork server's stdin and stdout. The first line
@@ -69,6 +70,10 @@ PRELOAD = (
 # Linux only: the test process follows a child of the fork server through a pidfd
 ENABLED = os.environ.get("PATTERNS_FORK_SERVER", "1") != "0" and hasattr(os, "pidfd_open")
 _PR_SET_NAME = 15
+# Variables Python reads at start-up that a child applies itself: its stdout and stderr are
+# made anew, unbuffered or not as its own PYTHONUNBUFFERED says (the harness sets it for
+# every service, whether the test process has it or not).
+PER_CHILD = {"PYTHONUNBUFFERED"}
 
 
 # --- the fork server -----------------------------------------------------------------------
@@ -282,7 +287,7 @@ class ForkServer:
         if len(argv) != 3 or argv[:2] != [sys.executable, "-m"]:
             return None
         env = dict(os.environ if env is None else env)
-        startup = {k for k in {*env, *self.env} if k.startswith("PYTHON")}
+        startup = {k for k in {*env, *self.env} if k.startswith("PYTHON")} - PER_CHILD
         if any(env.get(k) != self.env.get(k) for k in startup):
             return None
         start = {"module": argv[2], "env": env, "cwd": str(cwd or os.getcwd()),

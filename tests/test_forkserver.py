@@ -99,7 +99,8 @@ def test_a_start_the_fork_server_cannot_match_is_spawned(
     server's would differ from a spawned one, so it is spawned."""
     monkeypatch.setattr(ManagedProcess, "launcher", fork_server.launcher)
     (tmp_path / "other").mkdir()
-    same = child(tmp_path, "wait")
+    flipped = "" if os.environ.get("PYTHONUNBUFFERED") else "1"  # the child applies it itself
+    same = child(tmp_path, "wait", PYTHONUNBUFFERED=flipped)
     other = child(tmp_path / "other", "wait", PYTHONHASHSEED="123")
     try:
         for process in same, other:
