@@ -246,25 +246,6 @@ def _start_tracing(started: list[ManagedProcess], width: int) -> None:
     receiver.start()
 
 
-def _start_downstream(
-    started: list[ManagedProcess], downstream: patterns.Downstream, width: int
-) -> dict[str, str]:
-    """The plain HTTP service a traced pattern calls; its spans go to the same collector."""
-    _require_free(downstream.port)
-    say(f"[dev] starting {downstream.name} (python -m {downstream.module}) on :{downstream.port}")
-    process = observability.HttpProcess(
-        downstream.name,
-        downstream.module,
-        downstream.port,
-        STATE_DIR / "logs" / f"{downstream.name}.log",
-        settings=_traced_settings(),
-        echo=prefixed(downstream.name, width),
-    )
-    started.append(process)
-    process.start()
-    return _traced_settings()
-
-
 def _traced_settings() -> dict[str, str]:
     return observability.service_settings(f"http://localhost:{HTTP_PORT}", TRACE_BATCH_DELAY_MS)
 
@@ -284,13 +265,16 @@ def _start_postgres(started: list[ManagedProcess], pattern: str) -> dict[str, st
 
 
 def _start_own_standin(
-    started: list[ManagedProcess], standin: patterns.StandIn, echo: Echo
+    started: list[ManagedProcess], standin: patterns.StandIn, echo: Echo, settings: dict[str, str]
 ) -> None:
     """The stand-in that the pattern's folder holds for the systems it calls."""
     _require_free(standin.port)
-    say(f"[dev] starting {standin.module} (a stand-in for the systems it calls) on :{standin.port}")
-    log = STATE_DIR / "logs" / f"{standin.module}.log"
-    process = StandInProcess(standin.module, standin.port, standin.port_env, log, echo=echo)
+    say(f"[dev] starting {standin.name} (python -m {standin.module}, a stand-in for the systems "
+        f"{standin.module.split('.')[0]} calls) on :{standin.port}")  # fmt: skip
+    log = STATE_DIR / "logs" / f"{standin.name}.log"
+    process = StandInProcess(
+        standin.module, standin.port, standin.port_env, log, settings, echo, name=standin.name
+    )
     started.append(process)
     process.start()
 
@@ -324,12 +308,12 @@ def cmd_run(
         )
     if with_cluster and with_identity:
         raise DevError("--identity is not set up for --cluster yet: use one of them")
-    downstream = patterns.TRACED.get(pattern)
+    traced, standin = pattern in patterns.TRACED, patterns.STANDINS.get(pattern)
     extras = patterns.EXTRA_DEPLOYMENTS.get(pattern, {})
     width = max(
         len(pattern),
         len("restate-server n1"),
-        len(downstream.name) if downstream else 0,
+        len(standin.name) if standin else 0,
         *(len(module) for module in extras),
     )
     nodes: cluster.Cluster | None = None
@@ -347,7 +331,7 @@ def cmd_run(
         )
     try:
         fresh_broker = subscription is not None and _start_broker(started, prefixed("tansu", width))
-        if downstream is not None:
+        if traced:
             _start_tracing(started, width)
         if with_cluster:
             nodes = _start_cluster(started, width)
@@ -359,7 +343,7 @@ def cmd_run(
                 subscription is not None,
                 fresh_broker,
                 keys,
-                traced=downstream is not None,
+                traced=traced,
                 fresh_state=pattern if pattern in patterns.FRESH_STATE else "",
             )
         settings = keys.service_settings() if keys is not None else {}
@@ -369,13 +353,13 @@ def cmd_run(
             settings.update(_start_stripe_standin(started, prefixed("localstripe", width)))
         if pattern in patterns.POSTGRES:
             settings.update(_start_postgres(started, pattern))
-        standin = patterns.STANDINS.get(pattern)
+        if traced:  # the pattern's spans, and its stand-in's, go to the same collector
+            settings.update(_traced_settings())
         if standin is not None:
-            _start_own_standin(started, standin, prefixed(standin.module.split(".")[-1], width))
+            own = _traced_settings() if traced else {}
+            _start_own_standin(started, standin, prefixed(standin.name, width), own)
         if uses_model(pattern):
             settings.update(_start_model_standin(started, pattern, prefixed("model", width)))
-        if downstream is not None:
-            settings.update(_start_downstream(started, downstream, width))
         _require_free(SERVICE_PORT)
         service = PatternService(
             serving.module,

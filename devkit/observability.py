@@ -1,30 +1,9 @@
-"""What the observability pattern needs around it, for `./dev run` and the tests: its
-downstream HTTP service as a process, and the tracing settings of the server and services.
+"""What the observability pattern needs around it, for `./dev run` and the tests: the
+tracing settings of the server and of the services (its fraud check, a stand-in of its
+folder, is started as every pattern's stand-in is: devkit/patterns.py STANDINS).
 
 The OTLP receiver itself is devkit/otlp_receiver.py.
 """
-
-from pathlib import Path
-
-from devkit.processes import Echo, StandInProcess
-
-
-class HttpProcess(StandInProcess):
-    """A plain HTTP service that a pattern calls (no Restate SDK), `python -m <module>` on
-    127.0.0.1 (HOST and PORT set, the settings in its environment), ready when it answers
-    200 on `/health`."""
-
-    def __init__(
-        self,
-        name: str,
-        module: str,
-        port: int,
-        log_path: Path,
-        settings: dict[str, str] | None = None,
-        echo: Echo | None = None,
-    ) -> None:
-        env = {**(settings or {}), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-        super().__init__(module, port, "PORT", log_path, env, echo, name=name)
 
 
 def server_settings(grpc_endpoint: str, batch_delay_ms: int) -> dict[str, str]:

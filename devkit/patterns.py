@@ -88,33 +88,28 @@ POSTGRES = {"database"}
 class StandIn:
     """A process of the pattern's own folder (`python -m <module>`) standing in for the
     systems the pattern calls: `./dev run` starts it first, on `port` (given to it in the
-    environment variable `port_env`), and waits for 200 at `/health`."""
+    environment variable `port_env`), waits for 200 at `/health`, and prefixes its log lines
+    with `name`."""
 
     module: str
     port: int
     port_env: str
+    name: str
 
 
 # Patterns whose folder holds a stand-in for the systems they call (part of what a user runs
 # and copies, so it lives in the folder, not in devkit/).
 STANDINS = {
-    "persistentfailures": StandIn("persistentfailures.downstream", 9081, "DOWNSTREAM_PORT"),
+    "persistentfailures": StandIn(
+        "persistentfailures.downstream", 9081, "DOWNSTREAM_PORT", "downstream"
+    ),
+    "observability": StandIn("observability.downstream", 9081, "PORT", "fraud-check"),
 }
-
-
-@dataclass(frozen=True)
-class Downstream:
-    """A plain HTTP service of a pattern (no Restate): `python -m <module>` on `port`."""
-
-    name: str
-    module: str
-    port: int
-
 
 # Patterns traced with OpenTelemetry: `./dev run` starts the local OTLP receiver
 # (devkit/otlp_receiver.py) unless a collector listens on its ports (e.g. Jaeger), gives
-# restate-server the tracing endpoint, and starts the HTTP service the pattern calls.
-TRACED = {"observability": Downstream("fraud-check", "observability.downstream", 9081)}
+# restate-server the tracing endpoint, and the pattern and its stand-in the OTLP settings.
+TRACED = {"observability"}
 
 # Patterns whose walkthrough registers and removes deployments: `./dev run` starts their
 # server on a state of their own, wiped at start, so that deployments registered by an

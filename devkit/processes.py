@@ -52,7 +52,10 @@ class StandInProcess(ManagedProcess):
         echo: Echo | None = None,
         name: str = "",
     ) -> None:
-        env = {**os.environ, **(settings or {}), port_env: str(port)}
+        # HOST too: a HOST exported in the user's shell (some set it to the host name) would
+        # otherwise make a stand-in that reads it listen beyond loopback
+        env = {**os.environ, **(settings or {}), port_env: str(port), "HOST": "127.0.0.1",
+               "PYTHONUNBUFFERED": "1"}  # fmt: skip
         argv = [sys.executable, "-m", module]
         super().__init__(name or module, argv, log_path, env=env, cwd=ROOT, echo=echo)
         self.port = port

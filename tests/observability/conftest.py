@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from devkit import observability
-from devkit.observability import HttpProcess
 from devkit.otlp_receiver import OtlpReceiver
-from devkit.processes import RestateServer, free_port
+from devkit.processes import RestateServer, StandInProcess, free_port
 from devkit.pytest_restate import StartServer, attach_log, lend
 
 BATCH_DELAY_MS = 100
@@ -72,13 +71,14 @@ def server(
 
 def start_fraud_check(
     log: Path, traced_settings: dict[str, str], settings: dict[str, str] | None = None
-) -> HttpProcess:
-    process = HttpProcess(
-        "fraud-check",
+) -> StandInProcess:
+    process = StandInProcess(
         "observability.downstream",
         free_port(),
+        "PORT",
         log,
         settings={**traced_settings, **(settings or {})},
+        name="fraud-check",
     )
     process.start()
     return process
@@ -87,7 +87,7 @@ def start_fraud_check(
 @pytest.fixture(scope="session")
 def fraud_check(
     tmp_path_factory: pytest.TempPathFactory, traced_settings: dict[str, str]
-) -> Iterator[HttpProcess]:
+) -> Iterator[StandInProcess]:
     """The fraud check, answering at once."""
     process = start_fraud_check(
         tmp_path_factory.mktemp("fraud") / "fraud-check.log", traced_settings
@@ -99,7 +99,7 @@ def fraud_check(
 @pytest.fixture(scope="module")
 def slow_fraud_check(
     tmp_path_factory: pytest.TempPathFactory, traced_settings: dict[str, str]
-) -> Iterator[HttpProcess]:
+) -> Iterator[StandInProcess]:
     """A fraud check that holds each answer for 3 s: time to crash its caller mid-call."""
     log = tmp_path_factory.mktemp("fraud-slow") / "fraud-check.log"
     process = start_fraud_check(log, traced_settings, {"FRAUD_CHECK_DELAY_SECONDS": "3"})

@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from devkit.observability import HttpProcess
 from devkit.otlp_receiver import OtlpReceiver
 from devkit.otlp_receiver import main as otlp_receiver_cli
-from devkit.processes import ManagedProcess, PatternService, RestateServer, register
+from devkit.processes import ManagedProcess, PatternService, RestateServer, StandInProcess, register
 from devkit.pytest_restate import ALWAYS_REPLAY, StartServer
 from tests.harness import Ingress, StartService, eventually
 from tests.test_loopback_only import listening
@@ -47,7 +46,7 @@ def checkout(ingress: Ingress, body: Any, traceparent: str | None = None) -> htt
 
 
 def start_checkout(
-    start_service: StartService, fraud_check: HttpProcess, traced_settings: dict[str, str]
+    start_service: StartService, fraud_check: StandInProcess, traced_settings: dict[str, str]
 ) -> PatternService:
     return start_service(
         "observability", settings={**traced_settings, "FRAUD_CHECK_URL": fraud_check.url}
@@ -105,7 +104,7 @@ def test_walkthrough_one_trace_from_the_ingress_to_the_fraud_check(
     start_service: StartService,
     ingress: Ingress,
     otlp_receiver: OtlpReceiver,
-    fraud_check: HttpProcess,
+    fraud_check: StandInProcess,
     traced_settings: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
@@ -194,7 +193,7 @@ def test_replaying_at_every_await_makes_no_extra_span(
     restate_settings: dict[str, str],
     tracing_settings: dict[str, str],
     otlp_receiver: OtlpReceiver,
-    fraud_check: HttpProcess,
+    fraud_check: StandInProcess,
     traced_settings: dict[str, str],
     unique: Callable[[str], str],
     tmp_path: Path,
@@ -244,7 +243,7 @@ def test_after_a_kill_9_of_the_service_mid_call_the_retry_is_in_the_same_trace(
     start_service: StartService,
     ingress: Ingress,
     otlp_receiver: OtlpReceiver,
-    slow_fraud_check: HttpProcess,
+    slow_fraud_check: StandInProcess,
     traced_settings: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
@@ -307,7 +306,7 @@ def test_after_a_kill_9_of_the_server_mid_call_the_invocation_goes_on_in_its_tra
     server: RestateServer,
     ingress: Ingress,
     otlp_receiver: OtlpReceiver,
-    slow_fraud_check: HttpProcess,
+    slow_fraud_check: StandInProcess,
     traced_settings: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
@@ -359,7 +358,7 @@ def test_bad_input_is_a_400_naming_the_field_and_runs_no_step(
     start_service: StartService,
     ingress: Ingress,
     otlp_receiver: OtlpReceiver,
-    fraud_check: HttpProcess,
+    fraud_check: StandInProcess,
     traced_settings: dict[str, str],
     unique: Callable[[str], str],
 ) -> None:
@@ -385,7 +384,7 @@ def test_bad_input_is_a_400_naming_the_field_and_runs_no_step(
 
 
 def test_the_receiver_and_the_fraud_check_listen_on_loopback_only(
-    otlp_receiver: OtlpReceiver, fraud_check: HttpProcess
+    otlp_receiver: OtlpReceiver, fraud_check: StandInProcess
 ) -> None:
     for process in (otlp_receiver, fraud_check):
         sockets = listening(process)
